@@ -1,0 +1,246 @@
+//! The response body wrapper: counts, splices the notice, ends on time.
+
+use crate::{
+    handle::{Guard, Shared},
+    sse::Boundary,
+};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+use tokio::sync::futures::OwnedNotified;
+
+pin_project! {
+    /// The response body of [`GracefulSse`](crate::GracefulSse): the inner
+    /// body, counted until it ends or is dropped, with the shutdown frame
+    /// spliced in at an event boundary when the drain starts.
+    ///
+    /// See the [crate docs](crate) for the behaviour.
+    pub struct GracefulBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner {
+            #[pin]
+            body: B,
+            // `None` once the body has ended: the count is released at once.
+            guard: Option<Guard>,
+            // `Some` for a `text/event-stream` body that can take the notice.
+            splice: Option<Splice>,
+            // Wakes the body on the next phase change while `body` is pending.
+            wait: Option<Pin<Box<OwnedNotified>>>,
+        },
+        // A rejection: one chunk, then the end.
+        Full { chunk: Option<Bytes> },
+    }
+}
+
+/// Splicing state of one SSE body.
+#[derive(Default)]
+struct Splice {
+    boundary: Boundary,
+    notified: bool,
+    /// The notice went in after a CR: an LF opening the next chunk ends that
+    /// CR's line and must not be read as a blank line after the notice.
+    skip_lf: bool,
+    /// The part of a chunk after the boundary where the notice goes.
+    rest: Option<Bytes>,
+}
+
+impl<B> GracefulBody<B> {
+    pub(crate) fn new(body: B, guard: Guard, sse: bool) -> Self {
+        Self {
+            kind: Kind::Inner {
+                body,
+                guard: Some(guard),
+                splice: sse.then(Splice::default),
+                wait: None,
+            },
+        }
+    }
+
+    pub(crate) fn full(chunk: Bytes) -> Self {
+        Self {
+            kind: Kind::Full { chunk: Some(chunk) },
+        }
+    }
+}
+
+impl<B> Body for GracefulBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let (mut body, guard, splice, wait) = match self.project().kind.project() {
+            KindProj::Full { chunk } => return Poll::Ready(chunk.take().map(Frame::data).map(Ok)),
+            KindProj::Inner {
+                body,
+                guard,
+                splice,
+                wait,
+            } => (body, guard, splice, wait),
+        };
+        loop {
+            let Some(shared) = guard.as_ref().map(Guard::shared) else {
+                return Poll::Ready(None);
+            };
+            let phase = shared.phase();
+            if Shared::is_draining(phase) {
+                if let Some(frame) = splice.as_mut().and_then(|s| s.notice(shared)) {
+                    if shared.config.end_after_notice || Shared::is_forced(phase) {
+                        end(guard, wait);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(frame))));
+                }
+                if Shared::is_forced(phase) {
+                    end(guard, wait);
+                    return Poll::Ready(None);
+                }
+                if let Some(s) = splice.as_mut() {
+                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(rest, true)) {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                }
+            }
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Some(splice) = splice.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    match frame.into_data() {
+                        Ok(data) => match splice.pass(data, Shared::is_draining(shared.phase())) {
+                            Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                            None => continue,
+                        },
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    }
+                }
+                Poll::Ready(other) => {
+                    // The end, or an error: either way the response is over.
+                    end(guard, wait);
+                    return Poll::Ready(other);
+                }
+                Poll::Pending => {
+                    // Sleep until the inner body or the drain has news. A new
+                    // waiter hears only later changes: look at the phase again.
+                    let waiter =
+                        wait.get_or_insert_with(|| Box::pin(shared.changed.clone().notified_owned()));
+                    if waiter.as_mut().poll(cx).is_ready() {
+                        *wait = None;
+                        continue;
+                    }
+                    if shared.phase() != phase {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { chunk } => chunk.is_none(),
+            Kind::Inner {
+                body,
+                guard,
+                splice,
+                ..
+            } => {
+                guard.is_none()
+                    || (splice.as_ref().is_none_or(|s| s.rest.is_none()) && body.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { chunk } => SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.len() as u64)),
+            Kind::Inner { guard: None, .. } => SizeHint::with_exact(0),
+            // The notice adds bytes and may cut the stream short.
+            Kind::Inner { splice: Some(_), .. } => SizeHint::default(),
+            Kind::Inner { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// Releases the count and the waiter: the body has ended.
+fn end(guard: &mut Option<Guard>, wait: &mut Option<Pin<Box<OwnedNotified>>>) {
+    *guard = None;
+    *wait = None;
+}
+
+impl Splice {
+    /// The shutdown frame, if it is due here: draining, not yet sent, and the
+    /// stream stands at an event boundary.
+    fn notice(&mut self, shared: &Shared) -> Option<Bytes> {
+        if self.notified || !self.boundary.is_boundary() {
+            return None;
+        }
+        self.notified = true;
+        self.skip_lf = self.boundary.after_cr();
+        self.boundary = Boundary::default();
+        shared.count_notified();
+        Some(shared.frame().clone())
+    }
+
+    /// Tracks a data chunk of the inner body and returns what to send now.
+    ///
+    /// While a notice is due, a chunk that holds a boundary is cut there: the
+    /// head goes now, the notice next, the tail after it (or never, if the
+    /// stream ends after the notice). `None` means nothing is left to send.
+    fn pass(&mut self, mut data: Bytes, draining: bool) -> Option<Bytes> {
+        if std::mem::take(&mut self.skip_lf) && data.first() == Some(&b'\n') {
+            data = data.slice(1..);
+        }
+        if data.is_empty() {
+            return None;
+        }
+        let before = self.boundary;
+        match self.boundary.advance(&data) {
+            Some(at) if draining && !self.notified && at < data.len() => {
+                self.boundary = before;
+                self.boundary.advance(&data[..at]);
+                self.rest = Some(data.split_off(at));
+                Some(data)
+            }
+            _ => Some(data),
+        }
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Inner {
+                body,
+                guard,
+                splice,
+                ..
+            } => f
+                .debug_struct("GracefulBody")
+                .field("inner", body)
+                .field("ended", &guard.is_none())
+                .field("sse", &splice.is_some())
+                .field("notified", &splice.as_ref().is_some_and(|s| s.notified))
+                .finish(),
+            Kind::Full { chunk } => f.debug_struct("GracefulBody").field("chunk", chunk).finish(),
+        }
+    }
+}

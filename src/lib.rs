@@ -1,0 +1,99 @@
+//! Tower middleware that makes server restarts invisible to Server-Sent Events
+//! clients.
+//!
+//! When a server behind Kubernetes gets `SIGTERM`, every open SSE stream is
+//! usually cut: clients see "connection lost", work in progress is lost, and a
+//! graceful shutdown hangs on the open streams until the process is killed.
+//! [`GracefulSseLayer`] counts every in-flight response body; when your
+//! shutdown code calls [`DrainHandle::drain`]:
+//!
+//! - new requests through the layer are rejected: `503 Service Unavailable`
+//!   with `Retry-After` (and `Connection: close` on HTTP/1.x), or, for a
+//!   request that accepts `text/event-stream`, a `200` stream that carries only
+//!   the shutdown frame (see [`Config::sse_rejection_as_notice`] for why);
+//! - every open `text/event-stream` body gets one frame spliced in at an event
+//!   boundary, never inside an event, at once if the stream is idle:
+//!
+//!   ```text
+//!   retry: 30000
+//!   event: shutdown
+//!   data: {"type":"shutdown","message":"Server restarting, please reconnect in 30s","timestamp":"2025-01-02T13:00:00.000Z","reconnect_delay":30}
+//!
+//!   ```
+//!
+//!   and then ends (or runs on, see [`Config::end_after_notice`]);
+//! - the drain waits up to the grace period ([`Config::grace_period`],
+//!   `SHUTDOWN_GRACE_PERIOD`, default 20 s) for bodies to end, then ends the
+//!   rest cleanly (a normal end of stream, never a reset), and resolves to a
+//!   [`DrainReport`].
+//!
+//! # Caveats
+//!
+//! - Only bodies the server polls can be ended: a body stuck behind a client
+//!   that stops reading is counted as force-closed at the deadline, but its
+//!   connection stays open until the server closes it.
+//! - A compressed event stream (`Content-Encoding` other than `identity`) is
+//!   counted and ended at the deadline but never spliced: put the compression
+//!   layer outside this one if streams should get the notice.
+//! - A non-SSE body with a known length that is still running at the deadline
+//!   ends short, which the server reports to the client as an error.
+//! - [`DrainHandle::drain`] spawns the drain task: call it inside a Tokio
+//!   runtime.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use std::convert::Infallible;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_graceful_sse::{Config, DrainHandle};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let handle = DrainHandle::new(Config::from_env().expect("valid SHUTDOWN_GRACE_PERIOD"));
+//! let service = ServiceBuilder::new()
+//!     .layer(handle.layer())
+//!     .service(service_fn(|_: Request<()>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+//!     }));
+//!
+//! let res = service.clone().oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(handle.in_flight(), 1); // until the body ends or is dropped
+//! drop(res);
+//!
+//! let report = handle.drain().await; // from your SIGTERM handler
+//! assert_eq!(report.force_closed, 0);
+//!
+//! let res = service.oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(res.headers()["retry-after"], "30");
+//! # }
+//! ```
+//!
+//! With axum, put the layer on the streaming routes (`Router::route_layer`)
+//! so health checks and metrics stay answerable during the drain, and let
+//! `axum::serve(..).with_graceful_shutdown(..)` wait for the drain's report:
+//! the streams are then closed and the server exits. The `analytics` example
+//! shows the whole integration.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+#![deny(unreachable_pub)]
+
+mod body;
+mod config;
+mod future;
+mod handle;
+mod layer;
+mod service;
+mod sse;
+
+pub use body::GracefulBody;
+pub use config::{Config, ConfigError, GRACE_PERIOD_ENV};
+pub use future::ResponseFuture;
+pub use handle::{Drain, DrainHandle, DrainReport, Metrics};
+pub use layer::GracefulSseLayer;
+pub use service::GracefulSse;

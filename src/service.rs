@@ -1,0 +1,145 @@
+//! The service: admits or rejects each request.
+
+use crate::{
+    DrainHandle, GracefulBody, GracefulSseLayer, ResponseFuture,
+    handle::Shared,
+};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body::Body;
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tower_service::Service;
+
+/// Middleware that counts every response body and drains them on demand.
+///
+/// Made by [`GracefulSseLayer`]; see the [crate docs](crate) for the behaviour.
+#[derive(Clone)]
+pub struct GracefulSse<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> GracefulSse<S> {
+    /// Wraps `inner`, counting its responses with `handle`.
+    pub fn new(inner: S, handle: &DrainHandle) -> Self {
+        Self::from_shared(inner, handle.shared().clone())
+    }
+
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// A [`GracefulSseLayer`] tied to `handle`.
+    pub fn layer(handle: &DrainHandle) -> GracefulSseLayer {
+        GracefulSseLayer::new(handle)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GracefulSse<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<GracefulBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        match self.shared.admit() {
+            Some(guard) => ResponseFuture::admitted(self.inner.call(req), guard),
+            None => ResponseFuture::rejected(rejection(&self.shared, &req)),
+        }
+    }
+}
+
+/// The answer to a request that arrives while draining.
+///
+/// `503` with `Retry-After`, except that a request for an event stream gets,
+/// by default, `200` with the shutdown frame alone: see
+/// [`Config::sse_rejection_as_notice`](crate::Config::sse_rejection_as_notice).
+fn rejection<B>(shared: &Shared, req: &Request<B>) -> Response<Bytes> {
+    let config = &shared.config;
+    let mut res = if config.sse_rejection_as_notice && accepts_event_stream(req) {
+        shared.count_notified();
+        let mut res = Response::new(shared.frame().clone());
+        let headers = res.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        res
+    } else {
+        let mut res = Response::new(Bytes::from_static(
+            b"503 Service Unavailable: the server is restarting, please retry later\n",
+        ));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(config.retry_after_secs()));
+        res
+    };
+    if req.version() <= Version::HTTP_11 {
+        // Send the client elsewhere: a new connection reaches a live instance.
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}
+
+fn accepts_event_stream<B>(req: &Request<B>) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    req.headers().get_all(header::ACCEPT).iter().any(|value| {
+        value
+            .as_bytes()
+            .windows(SSE.len())
+            .any(|w| w.eq_ignore_ascii_case(SSE))
+    })
+}
+
+/// True for a `text/event-stream` response whose bytes are plain SSE: the
+/// notice cannot be spliced into a compressed stream.
+pub(crate) fn is_spliceable<B>(res: &Response<B>) -> bool {
+    let headers = res.headers();
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"));
+    let plain = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    event_stream && plain
+}
+
+impl<S: fmt::Debug> fmt::Debug for GracefulSse<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GracefulSse")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,214 @@
+//! SSE framing: the shutdown frame and the event-boundary tracker.
+
+use bytes::Bytes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Encodes the shutdown frame once per drain; every stream gets a clone.
+///
+/// The frame carries `retry:` (milliseconds) so that a plain `EventSource`
+/// reconnects after the delay, and no `id:` so the client's Last-Event-ID
+/// survives the notice.
+pub(crate) fn shutdown_frame(message: &str, reconnect_delay: Duration, now: SystemTime) -> Bytes {
+    let message = serde_json::Value::from(message);
+    let delay = if reconnect_delay.subsec_nanos() == 0 {
+        serde_json::Value::from(reconnect_delay.as_secs())
+    } else {
+        serde_json::Value::from(reconnect_delay.as_secs_f64())
+    };
+    Bytes::from(format!(
+        "retry: {}\nevent: shutdown\ndata: {{\"type\":\"shutdown\",\"message\":{message},\"timestamp\":\"{}\",\"reconnect_delay\":{delay}}}\n\n",
+        reconnect_delay.as_millis(),
+        iso8601_millis(now),
+    ))
+}
+
+/// Formats a time as ISO 8601 UTC with milliseconds: `2025-01-02T13:00:00.000Z`.
+pub(crate) fn iso8601_millis(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Where the stream written so far stands, in the terms of the WHATWG
+/// event-stream grammar.
+///
+/// A frame may be spliced in only at an event boundary: at the start of a line,
+/// with no field line since the last blank line (comment lines do not count:
+/// the parser ignores them). Lines end with CRLF, LF or CR; a CR at the end of
+/// one chunk may be completed by an LF at the start of the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Boundary {
+    line: Line,
+    /// A field line was seen since the last blank line.
+    in_event: bool,
+    /// The last byte was a CR: a following LF belongs to the same line end.
+    after_cr: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    Start,
+    Field,
+    Comment,
+}
+
+impl Default for Boundary {
+    fn default() -> Self {
+        Self {
+            line: Line::Start,
+            in_event: false,
+            after_cr: false,
+        }
+    }
+}
+
+impl Boundary {
+    /// True if a whole event may be inserted here without joining another.
+    pub(crate) fn is_boundary(&self) -> bool {
+        self.line == Line::Start && !self.in_event
+    }
+
+    /// True if the stream so far ends with a CR whose LF may still come.
+    pub(crate) fn after_cr(&self) -> bool {
+        self.after_cr
+    }
+
+    /// Advances over `data` and returns the last offset in `1..=data.len()`
+    /// at which the stream stands at a boundary, if any.
+    ///
+    /// An offset is reported after an LF that completes a CRLF, never between
+    /// the two, so a split there never separates a CR from its LF.
+    pub(crate) fn advance(&mut self, data: &[u8]) -> Option<usize> {
+        let mut last = None;
+        for (i, &b) in data.iter().enumerate() {
+            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+                // The LF of a CRLF: the line already ended at the CR.
+                if self.is_boundary() {
+                    last = Some(i + 1);
+                }
+                continue;
+            }
+            match b {
+                b'\r' | b'\n' => {
+                    match self.line {
+                        Line::Start => self.in_event = false,
+                        Line::Field => self.in_event = true,
+                        Line::Comment => {}
+                    }
+                    self.line = Line::Start;
+                    self.after_cr = b == b'\r';
+                    if self.is_boundary() {
+                        last = Some(i + 1);
+                    }
+                }
+                b':' if self.line == Line::Start => self.line = Line::Comment,
+                _ if self.line == Line::Start => self.line = Line::Field,
+                _ => {}
+            }
+        }
+        last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boundaries(chunks: &[&[u8]]) -> Vec<Option<usize>> {
+        let mut b = Boundary::default();
+        chunks.iter().map(|c| b.advance(c)).collect()
+    }
+
+    #[test]
+    fn frame_is_byte_exact() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_735_822_800_000);
+        let frame = shutdown_frame(
+            "Server restarting, please reconnect in 30s",
+            Duration::from_secs(30),
+            now,
+        );
+        assert_eq!(
+            &*frame,
+            b"retry: 30000\nevent: shutdown\ndata: {\"type\":\"shutdown\",\"message\":\"Server restarting, please reconnect in 30s\",\"timestamp\":\"2025-01-02T13:00:00.000Z\",\"reconnect_delay\":30}\n\n"
+        );
+    }
+
+    #[test]
+    fn frame_escapes_message_and_keeps_fractional_delay() {
+        let frame = shutdown_frame("say \"bye\"\n", Duration::from_millis(1500), UNIX_EPOCH);
+        let text = std::str::from_utf8(&frame).unwrap();
+        assert!(text.starts_with("retry: 1500\n"));
+        assert!(text.contains(r#""message":"say \"bye\"\n""#));
+        assert!(text.contains(r#""reconnect_delay":1.5}"#));
+        assert_eq!(text.matches('\n').count(), 4, "message newlines must stay escaped");
+    }
+
+    #[test]
+    fn timestamps_are_iso8601_millis_utc() {
+        let t = |ms| iso8601_millis(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(t(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(t(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(t(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn boundary_after_blank_line_in_every_line_ending() {
+        assert_eq!(boundaries(&[b"data: a\n\n"]), [Some(9)]);
+        assert_eq!(boundaries(&[b"data: a\r\n\r\n"]), [Some(11)]);
+        assert_eq!(boundaries(&[b"data: a\r\r"]), [Some(9)]);
+        assert_eq!(boundaries(&[b"data: a\n"]), [None]);
+        assert_eq!(boundaries(&[b"data: a\n\ndata: b"]), [Some(9)]);
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_reports_after_the_lf() {
+        let mut b = Boundary::default();
+        assert_eq!(b.advance(b"data: a\r\n\r"), Some(10));
+        assert!(b.is_boundary() && b.after_cr());
+        assert_eq!(b.advance(b"\ndata: b"), Some(1));
+        assert!(!b.is_boundary());
+    }
+
+    #[test]
+    fn comments_do_not_open_an_event() {
+        let mut b = Boundary::default();
+        assert_eq!(b.advance(b": keep-alive\n"), Some(13));
+        assert!(b.is_boundary());
+        assert_eq!(b.advance(b"id: 7\n: note\n"), None);
+        assert!(!b.is_boundary());
+    }
+
+    #[test]
+    fn event_split_byte_by_byte() {
+        let mut b = Boundary::default();
+        let event = b"event: x\r\ndata: y\r\n\r\n";
+        let at: Vec<usize> = (0..event.len())
+            .filter(|&i| b.advance(&event[i..=i]).is_some())
+            .collect();
+        // At the blank line's CR, and again after its LF; never inside.
+        assert_eq!(at, [event.len() - 2, event.len() - 1]);
+    }
+}
