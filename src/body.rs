@@ -139,8 +139,8 @@ where
                 Poll::Pending => {
                     // Sleep until the inner body or the drain has news. A new
                     // waiter hears only later changes: look at the phase again.
-                    let waiter =
-                        wait.get_or_insert_with(|| Box::pin(shared.changed.clone().notified_owned()));
+                    let waiter = wait
+                        .get_or_insert_with(|| Box::pin(shared.changed.clone().notified_owned()));
                     if waiter.as_mut().poll(cx).is_ready() {
                         *wait = None;
                         continue;
@@ -171,10 +171,14 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { chunk } => SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.len() as u64)),
+            Kind::Full { chunk } => {
+                SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.len() as u64))
+            }
             Kind::Inner { guard: None, .. } => SizeHint::with_exact(0),
             // The notice adds bytes and may cut the stream short.
-            Kind::Inner { splice: Some(_), .. } => SizeHint::default(),
+            Kind::Inner {
+                splice: Some(_), ..
+            } => SizeHint::default(),
             Kind::Inner { body, .. } => body.size_hint(),
         }
     }
@@ -240,7 +244,10 @@ impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
                 .field("sse", &splice.is_some())
                 .field("notified", &splice.as_ref().is_some_and(|s| s.notified))
                 .finish(),
-            Kind::Full { chunk } => f.debug_struct("GracefulBody").field("chunk", chunk).finish(),
+            Kind::Full { chunk } => f
+                .debug_struct("GracefulBody")
+                .field("chunk", chunk)
+                .finish(),
         }
     }
 }

@@ -149,7 +149,9 @@ pub(crate) fn parse_seconds(name: &'static str, value: &str) -> Result<Duration,
     let err = |reason| ConfigError::new(name, value, reason);
     let trimmed = value.trim();
     if trimmed.is_empty() {
-        return Err(err("is empty; expected a number of seconds such as 20 or 0.5"));
+        return Err(err(
+            "is empty; expected a number of seconds such as 20 or 0.5",
+        ));
     }
     let secs: f64 = trimmed
         .parse()
@@ -165,7 +167,8 @@ pub(crate) fn parse_seconds(name: &'static str, value: &str) -> Result<Duration,
 
 /// An invalid configuration value: names the variable, the value and why.
 ///
-/// ```
+/// ```standalone_crate
+/// # // SAFETY: this doctest runs alone in its own process.
 /// # unsafe { std::env::set_var("SHUTDOWN_GRACE_PERIOD", "abc") };
 /// let err = tower_graceful_sse::Config::from_env().unwrap_err();
 /// assert_eq!(

@@ -351,10 +351,8 @@ impl Shared {
 
         let deadline = tokio::time::sleep_until(started + grace);
         tokio::pin!(deadline);
-        let mut ticks = tokio::time::interval_at(
-            started + Duration::from_millis(500),
-            Duration::from_secs(1),
-        );
+        let mut ticks =
+            tokio::time::interval_at(started + Duration::from_millis(500), Duration::from_secs(1));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let force_closed = loop {
             let closed = self.all_closed.notified();

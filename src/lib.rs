@@ -52,7 +52,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
-//! let handle = DrainHandle::new(Config::from_env().expect("valid SHUTDOWN_GRACE_PERIOD"));
+//! let handle = DrainHandle::new(Config::default()); // or Config::from_env()?
 //! let service = ServiceBuilder::new()
 //!     .layer(handle.layer())
 //!     .service(service_fn(|_: Request<()>| async {

@@ -1,9 +1,6 @@
 //! The service: admits or rejects each request.
 
-use crate::{
-    DrainHandle, GracefulBody, GracefulSseLayer, ResponseFuture,
-    handle::Shared,
-};
+use crate::{DrainHandle, GracefulBody, GracefulSseLayer, ResponseFuture, handle::Shared};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::Body;
@@ -86,7 +83,10 @@ fn rejection<B>(shared: &Shared, req: &Request<B>) -> Response<Bytes> {
         shared.count_notified();
         let mut res = Response::new(shared.frame().clone());
         let headers = res.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         res
     } else {
@@ -99,7 +99,10 @@ fn rejection<B>(shared: &Shared, req: &Request<B>) -> Response<Bytes> {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(config.retry_after_secs()));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(config.retry_after_secs()),
+        );
         res
     };
     if req.version() <= Version::HTTP_11 {

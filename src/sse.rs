@@ -163,7 +163,11 @@ mod tests {
         assert!(text.starts_with("retry: 1500\n"));
         assert!(text.contains(r#""message":"say \"bye\"\n""#));
         assert!(text.contains(r#""reconnect_delay":1.5}"#));
-        assert_eq!(text.matches('\n').count(), 4, "message newlines must stay escaped");
+        assert_eq!(
+            text.matches('\n').count(),
+            4,
+            "message newlines must stay escaped"
+        );
     }
 
     #[test]
