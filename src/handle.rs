@@ -54,6 +54,8 @@ pub struct DrainHandle {
 impl DrainHandle {
     /// A handle with the given settings; no drain has started.
     pub fn new(config: Config) -> Self {
+        #[cfg(feature = "metrics")]
+        describe_metrics();
         Self {
             shared: Arc::new(Shared::new(config)),
         }
@@ -387,6 +389,8 @@ impl Shared {
             duration_secs = report.elapsed.as_secs_f64(),
             "Graceful shutdown complete"
         );
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("sse_shutdown_duration_seconds").set(report.elapsed.as_secs_f64());
         let _ = self.report.set(report);
         self.report_ready.notify_waiters();
     }
@@ -397,6 +401,8 @@ impl Shared {
         self.changed.notify_waiters();
         self.force_closed_total
             .fetch_add(open as u64, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("sse_force_closed_connections_total").increment(open as u64);
         if open > 0 {
             tracing::warn!("Force closing {open} remaining connections");
         }
@@ -421,6 +427,8 @@ impl Guard {
         if !self.sse {
             self.sse = true;
             self.shared.sse.fetch_add(1, Ordering::AcqRel);
+            #[cfg(feature = "metrics")]
+            metrics::gauge!("sse_active_connections").increment(1.0);
         }
     }
 }
@@ -429,10 +437,27 @@ impl Drop for Guard {
     fn drop(&mut self) {
         if self.sse {
             self.shared.sse.fetch_sub(1, Ordering::AcqRel);
+            #[cfg(feature = "metrics")]
+            metrics::gauge!("sse_active_connections").decrement(1.0);
         }
         let prev = self.shared.state.fetch_sub(ONE, Ordering::AcqRel);
         if prev & DRAINING != 0 && prev / ONE == 1 {
             self.shared.all_closed.notify_one();
         }
     }
+}
+
+/// Describes the three metrics to the installed `metrics` recorder.
+#[cfg(feature = "metrics")]
+fn describe_metrics() {
+    metrics::describe_gauge!("sse_active_connections", "Open text/event-stream responses");
+    metrics::describe_gauge!(
+        "sse_shutdown_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of the last drain"
+    );
+    metrics::describe_counter!(
+        "sse_force_closed_connections_total",
+        "Responses ended at the end of a grace period"
+    );
 }

@@ -27,6 +27,14 @@
 //!   rest cleanly (a normal end of stream, never a reset), and resolves to a
 //!   [`DrainReport`].
 //!
+//! # Metrics
+//!
+//! [`DrainHandle::metrics`] returns a snapshot of `sse_active_connections`,
+//! `sse_shutdown_duration_seconds` and `sse_force_closed_connections_total`.
+//! With the `metrics` cargo feature the crate also records them through the
+//! [`metrics`](https://docs.rs/metrics) facade, so any exporter installed by
+//! the application (Prometheus, StatsD, ...) sees them.
+//!
 //! # Caveats
 //!
 //! - Only bodies the server polls can be ended: a body stuck behind a client
@@ -97,3 +105,8 @@ pub use future::ResponseFuture;
 pub use handle::{Drain, DrainHandle, DrainReport, Metrics};
 pub use layer::GracefulSseLayer;
 pub use service::GracefulSse;
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
