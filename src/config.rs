@@ -5,7 +5,10 @@ use std::{fmt, time::Duration};
 /// The environment variable read by [`Config::from_env`] for the grace period.
 pub const GRACE_PERIOD_ENV: &str = "SHUTDOWN_GRACE_PERIOD";
 
-/// The longest grace period accepted: one day. Anything longer is a typo.
+/// The environment variable read by [`Config::from_env`] for the reconnect delay.
+pub const RECONNECT_DELAY_ENV: &str = "SHUTDOWN_RECONNECT_DELAY";
+
+/// The longest duration accepted: one day. Anything longer is a typo.
 const MAX_SECONDS: f64 = 86_400.0;
 
 /// How a drain behaves: grace period, notice text and what happens to streams
@@ -48,9 +51,9 @@ impl Default for Config {
 
 impl Config {
     /// The defaults, with the grace period read from `SHUTDOWN_GRACE_PERIOD`
-    /// if it is set.
+    /// and the reconnect delay from `SHUTDOWN_RECONNECT_DELAY`, where set.
     ///
-    /// The value is in seconds, whole or fractional (`20`, `0.5`, `0`).
+    /// Values are in seconds, whole or fractional (`20`, `0.5`, `0`).
     ///
     /// # Errors
     ///
@@ -59,16 +62,11 @@ impl Config {
     /// the variable and the value.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut config = Self::default();
-        match std::env::var(GRACE_PERIOD_ENV) {
-            Ok(value) => config.grace_period = parse_seconds(GRACE_PERIOD_ENV, &value)?,
-            Err(std::env::VarError::NotPresent) => {}
-            Err(std::env::VarError::NotUnicode(value)) => {
-                return Err(ConfigError::new(
-                    GRACE_PERIOD_ENV,
-                    value.to_string_lossy(),
-                    "is not valid UTF-8",
-                ));
-            }
+        if let Some(grace) = env_seconds(GRACE_PERIOD_ENV)? {
+            config.grace_period = grace;
+        }
+        if let Some(delay) = env_seconds(RECONNECT_DELAY_ENV)? {
+            config.reconnect_delay = delay;
         }
         Ok(config)
     }
@@ -141,6 +139,19 @@ fn seconds(d: Duration) -> String {
         d.as_secs().to_string()
     } else {
         d.as_secs_f64().to_string()
+    }
+}
+
+/// Reads a duration in seconds from the environment, if the variable is set.
+fn env_seconds(name: &'static str) -> Result<Option<Duration>, ConfigError> {
+    match std::env::var(name) {
+        Ok(value) => parse_seconds(name, &value).map(Some),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(value)) => Err(ConfigError::new(
+            name,
+            value.to_string_lossy(),
+            "is not valid UTF-8",
+        )),
     }
 }
 

@@ -356,10 +356,10 @@ impl Shared {
         let mut ticks =
             tokio::time::interval_at(started + Duration::from_millis(500), Duration::from_secs(1));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let open = || self.state.load(Ordering::Acquire) / ONE;
         let force_closed = loop {
             let closed = self.all_closed.notified();
-            let open = self.state.load(Ordering::Acquire) / ONE;
-            if open == 0 {
+            if open() == 0 {
                 break 0;
             }
             tokio::select! {
@@ -367,7 +367,8 @@ impl Shared {
                 () = closed => {}
                 () = &mut deadline => break self.force_close(),
                 _ = ticks.tick() => tracing::info!(
-                    "Waiting for {open} connections to close ({:.1}s elapsed)",
+                    "Waiting for {} connections to close ({:.1}s elapsed)",
+                    open(),
                     started.elapsed().as_secs_f64()
                 ),
             }
@@ -460,4 +461,7 @@ fn describe_metrics() {
         "sse_force_closed_connections_total",
         "Responses ended at the end of a grace period"
     );
+    // Show the series from the start, at zero, rather than only once used.
+    metrics::gauge!("sse_active_connections").increment(0.0);
+    metrics::counter!("sse_force_closed_connections_total").increment(0);
 }

@@ -100,7 +100,7 @@ mod service;
 mod sse;
 
 pub use body::GracefulBody;
-pub use config::{Config, ConfigError, GRACE_PERIOD_ENV};
+pub use config::{Config, ConfigError, GRACE_PERIOD_ENV, RECONNECT_DELAY_ENV};
 pub use future::ResponseFuture;
 pub use handle::{Drain, DrainHandle, DrainReport, Metrics};
 pub use layer::GracefulSseLayer;

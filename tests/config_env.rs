@@ -1,8 +1,8 @@
-//! `Config::from_env` reads `SHUTDOWN_GRACE_PERIOD`. One test in its own
+//! `Config::from_env` reads `SHUTDOWN_GRACE_PERIOD` and `SHUTDOWN_RECONNECT_DELAY`. One test in its own
 //! process, because it changes the environment.
 
 use std::time::Duration;
-use tower_graceful_sse::{Config, GRACE_PERIOD_ENV};
+use tower_graceful_sse::{Config, GRACE_PERIOD_ENV, RECONNECT_DELAY_ENV};
 
 fn with_value(value: Option<&str>) -> Result<Config, String> {
     // SAFETY: the only test in this binary; no other thread reads the environment.
@@ -37,4 +37,23 @@ fn grace_period_comes_from_the_environment() {
             Err(format!("invalid SHUTDOWN_GRACE_PERIOD={bad:?}: {reason}"))
         );
     }
+    with_value(None).unwrap();
+
+    // SAFETY: as above.
+    unsafe { std::env::set_var(RECONNECT_DELAY_ENV, "5") };
+    let config = Config::from_env().unwrap();
+    assert_eq!(
+        config,
+        Config::default().reconnect_delay(Duration::from_secs(5))
+    );
+    assert_eq!(
+        config.message_text(),
+        "Server restarting, please reconnect in 5s"
+    );
+    // SAFETY: as above.
+    unsafe { std::env::set_var(RECONNECT_DELAY_ENV, "soon") };
+    assert_eq!(
+        Config::from_env().unwrap_err().to_string(),
+        "invalid SHUTDOWN_RECONNECT_DELAY=\"soon\": is not a number of seconds such as 20 or 0.5"
+    );
 }

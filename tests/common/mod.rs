@@ -75,6 +75,15 @@ impl Drop for Conn {
 
 /// Sends one GET over a fresh HTTP/1.1 connection.
 pub async fn request(addr: SocketAddr, path: &str, accept: &str) -> (Response<Incoming>, Conn) {
+    request_with(addr, path, &[("accept", accept)]).await
+}
+
+/// Sends one GET with the given headers over a fresh HTTP/1.1 connection.
+pub async fn request_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Response<Incoming>, Conn) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -82,11 +91,16 @@ pub async fn request(addr: SocketAddr, path: &str, accept: &str) -> (Response<In
     let conn = Conn(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    let req = Request::get(path)
+    let mut req = Request::get(path)
         .header(header::HOST, addr.to_string())
-        .header(header::ACCEPT, accept)
         .body(Empty::<Bytes>::new())
         .unwrap();
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
     (within(sender.send_request(req)).await.unwrap(), conn)
 }
 
@@ -99,7 +113,14 @@ pub struct Events {
 
 /// Opens an SSE stream over a fresh connection.
 pub async fn sse(addr: SocketAddr, path: &str) -> Events {
-    let (res, conn) = request(addr, path, "text/event-stream").await;
+    sse_with(addr, path, &[]).await
+}
+
+/// Opens an SSE stream with extra headers (say `Last-Event-ID`).
+pub async fn sse_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Events {
+    let mut all = vec![("accept", "text/event-stream")];
+    all.extend_from_slice(headers);
+    let (res, conn) = request_with(addr, path, &all).await;
     assert_eq!(res.status(), 200);
     let mut events = events(res.into_body());
     events._conn = Some(conn);

@@ -1,0 +1,416 @@
+//! The analytics example run as a child process: real signals, real clients,
+//! a real browser.
+//!
+//! `cargo test` builds the example before it runs these tests.
+
+mod common;
+
+#[allow(dead_code)]
+#[path = "../examples/analytics/report.rs"]
+mod report;
+
+use common::*;
+use serde_json::Value;
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// The example binary, built by `cargo test` next to the test binaries.
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples")
+        .join("analytics");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole suite (`cargo test --all-features`), which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port, to start two servers on the same one in turn.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One run of the example server; killed if the test fails.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Server {
+    async fn start(port: u16, env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(example_binary())
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "info")
+            .env("POD_NAME", "analytics-test-pod")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let logs = Arc::new(Mutex::new(String::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut logs = logs.lock().unwrap();
+                    logs.push_str(&line);
+                    logs.push('\n');
+                }
+            });
+        }
+        let server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            logs,
+        };
+        until(|| server.logs().contains("listening on")).await;
+        server
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn exit_code(&mut self) -> i32 {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server did not exit within 30 s")
+            .unwrap();
+        status.code().expect("exited by a signal")
+    }
+}
+
+/// The rows of a `result` event.
+fn rows(event: &eventsource_stream::Event) -> Vec<Value> {
+    let data: Value = serde_json::from_str(&event.data).unwrap();
+    data["rows"].as_array().unwrap().clone()
+}
+
+/// The rows the report holds, in order: the ground truth.
+fn report_rows(name: &str, days: u32) -> Vec<Value> {
+    let params = report::Params {
+        report: name.into(),
+        days,
+    };
+    report::events(&params)
+        .into_iter()
+        .filter(|e| e.name == "result")
+        .flat_map(|e| e.data["rows"].as_array().unwrap().clone())
+        .collect()
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (res, _conn) = request(addr, path, "*/*").await;
+    let status = res.status().as_u16();
+    let body = body_bytes(res.into_body()).await;
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn sigterm_mid_report_notifies_every_client_and_exits_zero() {
+    let mut server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "20")]).await;
+    let addr = server.addr;
+    assert_eq!(
+        get_text(addr, "/healthz/ready").await,
+        (200, "ready".into())
+    );
+
+    // A CSV download of about 7 s keeps the drain open while we look around.
+    let (export, _export_conn) =
+        request(addr, "/api/v1/analytics/export?report=big&days=365", "*/*").await;
+    assert_eq!(export.status(), 200);
+
+    let clients = futures_util::future::join_all((0..100).map(|i| async move {
+        let mut events = sse(
+            addr,
+            &format!("/api/v1/analytics/stream?report=r{i}&days=365"),
+        )
+        .await;
+        let mut seen = vec![next(&mut events).await];
+        while seen.last().unwrap().event != "result" {
+            seen.push(next(&mut events).await);
+        }
+        (events, seen)
+    }))
+    .await;
+
+    server.signal("TERM");
+    let readers = clients.into_iter().map(|(mut events, mut seen)| {
+        tokio::spawn(async move {
+            seen.extend(rest(&mut events).await);
+            let (notice, before) = seen.split_last().unwrap();
+            assert_shutdown_event(notice);
+            for (i, event) in before.iter().enumerate() {
+                assert_eq!(event.id, i.to_string(), "events intact and in order");
+            }
+            assert_eq!(notice.id, before.last().unwrap().id, "Last-Event-ID kept");
+        })
+    });
+    for reader in futures_util::future::join_all(readers).await {
+        reader.unwrap();
+    }
+
+    // Draining: streams get the notice alone, other API calls a 503, the
+    // readiness probe fails, metrics still answer.
+    let mut events = sse(addr, "/api/v1/analytics/stream?days=3").await;
+    let rejected = rest(&mut events).await;
+    assert_eq!(rejected.len(), 1);
+    assert_shutdown_event(&rejected[0]);
+    let (status, _) = get_text(addr, "/api/v1/analytics/export?days=1").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        get_text(addr, "/healthz/ready").await,
+        (503, "draining".into())
+    );
+    assert_eq!(get_text(addr, "/healthz/live").await.0, 200);
+    let (status, metrics) = get_text(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"sse_active_connections{pod="analytics-test-pod"} 0"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"sse_force_closed_connections_total{pod="analytics-test-pod"} 0"#));
+
+    // The download runs to its end within the grace period: nothing lost.
+    let csv = String::from_utf8(body_bytes(export.into_body()).await.to_vec()).unwrap();
+    let export_done = Instant::now();
+    assert_eq!(csv.lines().count(), 1 + 365 * 5);
+    assert_eq!(server.exit_code().await, 0);
+    println!(
+        "exited {:?} after the last stream closed",
+        export_done.elapsed()
+    );
+
+    let logs = server.logs();
+    for line in [
+        "Received SIGTERM signal, initiating graceful shutdown...",
+        "Active SSE connections: 100",
+        "Notifying 100 active connections of shutdown",
+        "Waiting for 1 connections to close (",
+        "Graceful shutdown complete",
+        "drain report notified=101 closed=101 force_closed=0",
+    ] {
+        assert!(logs.contains(line), "missing {line:?} in:\n{logs}");
+    }
+}
+
+#[tokio::test]
+async fn a_report_resumes_on_the_next_server_with_every_row_once() {
+    let port = free_port();
+    let env = [("ANALYTICS_EVENT_INTERVAL_MS", "30")];
+    let mut first = Server::start(port, &env).await;
+    let path = "/api/v1/analytics/stream?report=resume&days=20";
+
+    let mut events = sse(first.addr, path).await;
+    let mut held = Vec::new();
+    let mut last_id = String::new();
+    while held.len() < 50 {
+        let event = next(&mut events).await;
+        if event.event == "result" {
+            held.extend(rows(&event));
+        }
+        last_id = event.id;
+    }
+    first.signal("TERM");
+    for event in rest(&mut events).await {
+        if event.event == "shutdown" {
+            break;
+        }
+        held.extend(if event.event == "result" {
+            rows(&event)
+        } else {
+            vec![]
+        });
+        last_id = event.id;
+    }
+    assert_eq!(first.exit_code().await, 0);
+    assert!(held.len() < 100, "the restart came mid-report");
+
+    let second = Server::start(port, &env).await;
+    let mut events = sse_with(second.addr, path, &[("last-event-id", &last_id)]).await;
+    let mut complete = None;
+    for event in rest(&mut events).await {
+        match event.event.as_str() {
+            "result" => held.extend(rows(&event)),
+            "complete" => complete = Some(event),
+            _ => {}
+        }
+    }
+    assert!(complete.is_some());
+    assert_eq!(
+        held,
+        report_rows("resume", 20),
+        "every row exactly once, in order"
+    );
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_the_start_with_exit_code_2() {
+    for (name, value) in [
+        ("SHUTDOWN_GRACE_PERIOD", "abc"),
+        ("SHUTDOWN_GRACE_PERIOD", "-1"),
+        ("SHUTDOWN_GRACE_PERIOD", ""),
+    ] {
+        let out = Command::new(example_binary())
+            .env("PORT", free_port().to_string())
+            .env(name, value)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("invalid {name}={value:?}")),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_parameters_get_a_json_400() {
+    let server = Server::start(free_port(), &[]).await;
+    for path in [
+        "/api/v1/analytics/stream?days=0",
+        "/api/v1/analytics/stream?days=abc",
+        "/api/v1/analytics/stream?report=a%20b",
+        "/api/v1/analytics/stream?last_event_id=99999",
+        "/api/v1/analytics/export?days=400",
+    ] {
+        let (status, body) = get_text(server.addr, path).await;
+        assert_eq!(status, 400, "{path}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert!(error["error"].as_str().unwrap().len() > 10, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_sigint_exits_at_once() {
+    let mut server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "100")]).await;
+    // A 36 s download keeps the drain going.
+    let (_export, _conn) = request(server.addr, "/api/v1/analytics/export?days=365", "*/*").await;
+    server.signal("INT");
+    until(|| server.logs().contains("Waiting for 1 connections")).await;
+    server.signal("INT");
+    assert_eq!(server.exit_code().await, 130);
+    assert!(
+        server
+            .logs()
+            .contains("Received a second SIGINT, exiting now")
+    );
+}
+
+/// The page in headless Chromium, through a restart: it shows the notice,
+/// reconnects by itself to the next server and completes the report with
+/// every row once. Screenshots land in `target/`.
+#[tokio::test]
+async fn browser_page_survives_a_restart() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` (and install Debian's chromium) first; `.ci/run` does both"
+    );
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let port = free_port();
+    let env = [
+        ("ANALYTICS_EVENT_INTERVAL_MS", "60"),
+        ("SHUTDOWN_RECONNECT_DELAY", "1"),
+    ];
+    let mut first = Server::start(port, &env).await;
+    let mut driver = Command::new("node")
+        .arg(browser_dir.join("restart.mjs"))
+        .arg(format!("http://127.0.0.1:{port}/?report=browser&days=40"))
+        .arg(&shots)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the browser driver went quiet")
+            .unwrap()
+            .expect("the browser driver ended early")
+    };
+    loop {
+        let line = next_line().await;
+        println!("browser: {line}");
+        if line == "MIDWAY" {
+            break;
+        }
+    }
+    first.signal("TERM");
+    assert_eq!(first.exit_code().await, 0);
+    let _second = Server::start(port, &env).await;
+    let result: Value = loop {
+        let line = next_line().await;
+        match line.strip_prefix("RESULT ") {
+            Some(json) => break serde_json::from_str(json).unwrap(),
+            None => println!("browser: {line}"),
+        }
+    };
+    assert!(driver.wait().await.unwrap().success());
+
+    println!("states: {}", result["states"]);
+    assert_eq!(result["restarts"], 1);
+    assert_eq!(result["stateText"], "complete");
+    let notices: Vec<&str> = result["notices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        notices.contains(&"Server restarting, please reconnect in 1s"),
+        "{notices:?}"
+    );
+    let states: Vec<&str> = result["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"restarting"), "{states:?}");
+    assert_eq!(
+        result["rows"].as_array().unwrap(),
+        &report_rows("browser", 40),
+        "every row exactly once, in order"
+    );
+    assert!(shots.join("analytics-restarting.png").exists());
+}
