@@ -160,8 +160,8 @@ pub struct DrainReport {
     pub in_flight: usize,
     /// Of those, the open `text/event-stream` responses.
     pub sse_streams: usize,
-    /// Shutdown frames handed to the server, in open streams and in
-    /// rejections of new SSE requests.
+    /// Open SSE streams that were handed the shutdown frame (rejected SSE
+    /// requests, which get it too, count under `rejected`).
     pub notified: usize,
     /// In-flight responses that ended within the grace period.
     pub closed: usize,
@@ -173,6 +173,25 @@ pub struct DrainReport {
     /// From the start of the drain until the last response ended or the grace
     /// period ran out.
     pub elapsed: Duration,
+}
+
+impl fmt::Display for DrainReport {
+    /// One line for a log: `100 of 100 SSE streams notified, 101 of 101
+    /// responses closed in time, 0 force-closed, 2 requests rejected, in 1.204 s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} SSE streams notified, {} of {} responses closed in time, \
+             {} force-closed, {} requests rejected, in {:.3} s",
+            self.notified,
+            self.sse_streams,
+            self.closed,
+            self.in_flight,
+            self.force_closed,
+            self.rejected,
+            self.elapsed.as_secs_f64()
+        )
+    }
 }
 
 /// A snapshot of the metrics, named as in the seed design.

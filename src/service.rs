@@ -80,7 +80,6 @@ where
 fn rejection<B>(shared: &Shared, req: &Request<B>) -> Response<Bytes> {
     let config = &shared.config;
     let mut res = if config.sse_rejection_as_notice && accepts_event_stream(req) {
-        shared.count_notified();
         let mut res = Response::new(shared.frame().clone());
         let headers = res.headers_mut();
         headers.insert(

@@ -135,14 +135,7 @@ async fn shutdown(drain: DrainHandle) {
         std::process::exit(130);
     });
     let report = drain.drain().await;
-    tracing::info!(
-        notified = report.notified,
-        closed = report.closed,
-        force_closed = report.force_closed,
-        rejected = report.rejected,
-        duration_secs = report.elapsed.as_secs_f64(),
-        "drain report"
-    );
+    tracing::info!("drain report: {report}");
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
