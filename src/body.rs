@@ -11,7 +11,7 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 use tokio::sync::futures::OwnedNotified;
 
@@ -38,10 +38,52 @@ pin_project! {
             // `Some` for a `text/event-stream` body that can take the notice.
             splice: Option<Splice>,
             // Wakes the body on the next phase change while `body` is pending.
-            wait: Option<Pin<Box<OwnedNotified>>>,
+            wait: Option<Pin<Box<Waiter>>>,
         },
         // A rejection: one chunk, then the end.
         Full { chunk: Option<Bytes> },
+    }
+}
+
+pin_project! {
+    /// A registration for the next phase change, and the waker it holds.
+    struct Waiter {
+        #[pin]
+        notified: OwnedNotified,
+        // The waker `notified` was last polled with, once it returned
+        // `Pending` before the drain.
+        waker: Option<Waker>,
+    }
+}
+
+impl Waiter {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            notified: shared.changed.clone().notified_owned(),
+            waker: None,
+        }
+    }
+
+    /// True once the next phase change may be due: polls the registration,
+    /// unless it already holds a waker for this task and no drain has started.
+    ///
+    /// Polling a registered `Notified` takes the lock of the `Notify` that
+    /// every stream of the handle shares, and a live stream goes pending after
+    /// each event: skipping it keeps that lock off the hot path. Before the
+    /// drain the only notification to come is the one that starts it, which
+    /// changes the phase first: the next poll then sees `DRAINING` and polls
+    /// the registration again, so no notification is lost.
+    fn poll_changed(self: Pin<&mut Self>, cx: &mut Context<'_>, phase: usize) -> bool {
+        let this = self.project();
+        let draining = Shared::is_draining(phase);
+        if !draining && this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        if this.notified.poll(cx).is_ready() {
+            return true;
+        }
+        *this.waker = (!draining).then(|| cx.waker().clone());
+        false
     }
 }
 
@@ -139,9 +181,8 @@ where
                 Poll::Pending => {
                     // Sleep until the inner body or the drain has news. A new
                     // waiter hears only later changes: look at the phase again.
-                    let waiter = wait
-                        .get_or_insert_with(|| Box::pin(shared.changed.clone().notified_owned()));
-                    if waiter.as_mut().poll(cx).is_ready() {
+                    let waiter = wait.get_or_insert_with(|| Box::pin(Waiter::new(shared)));
+                    if waiter.as_mut().poll_changed(cx, phase) {
                         *wait = None;
                         continue;
                     }
@@ -185,7 +226,7 @@ where
 }
 
 /// Releases the count and the waiter: the body has ended.
-fn end(guard: &mut Option<Guard>, wait: &mut Option<Pin<Box<OwnedNotified>>>) {
+fn end(guard: &mut Option<Guard>, wait: &mut Option<Pin<Box<Waiter>>>) {
     *guard = None;
     *wait = None;
 }

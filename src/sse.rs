@@ -102,34 +102,79 @@ impl Boundary {
     /// An offset is reported after an LF that completes a CRLF, never between
     /// the two, so a split there never separates a CR from its LF.
     pub(crate) fn advance(&mut self, data: &[u8]) -> Option<usize> {
+        // Hot path: almost every SSE server writes whole events, so a chunk
+        // usually ends with a blank line. Its end state is then known without
+        // reading the rest of it (see `ends_with_blank_line`).
+        if let Some(after_cr) = ends_with_blank_line(data) {
+            *self = Self {
+                line: Line::Start,
+                in_event: false,
+                after_cr,
+            };
+            return Some(data.len());
+        }
+        self.scan(data)
+    }
+
+    /// [`advance`](Self::advance) the long way: reads the first byte of each
+    /// line and skips from there to the line's end.
+    fn scan(&mut self, data: &[u8]) -> Option<usize> {
         let mut last = None;
-        for (i, &b) in data.iter().enumerate() {
-            if std::mem::take(&mut self.after_cr) && b == b'\n' {
+        let mut i = 0;
+        while i < data.len() {
+            if std::mem::take(&mut self.after_cr) && data[i] == b'\n' {
                 // The LF of a CRLF: the line already ended at the CR.
                 if self.is_boundary() {
                     last = Some(i + 1);
                 }
+                i += 1;
                 continue;
             }
-            match b {
-                b'\r' | b'\n' => {
-                    match self.line {
-                        Line::Start => self.in_event = false,
-                        Line::Field => self.in_event = true,
-                        Line::Comment => {}
-                    }
-                    self.line = Line::Start;
-                    self.after_cr = b == b'\r';
-                    if self.is_boundary() {
-                        last = Some(i + 1);
-                    }
+            if self.line == Line::Start {
+                match data[i] {
+                    b'\r' | b'\n' => {}
+                    b':' => self.line = Line::Comment,
+                    _ => self.line = Line::Field,
                 }
-                b':' if self.line == Line::Start => self.line = Line::Comment,
-                _ if self.line == Line::Start => self.line = Line::Field,
-                _ => {}
+            }
+            // Only a line end changes the state now: skip to it.
+            let Some(eol) = data[i..].iter().position(|&b| b == b'\r' || b == b'\n') else {
+                break;
+            };
+            i += eol;
+            match self.line {
+                Line::Start => self.in_event = false,
+                Line::Field => self.in_event = true,
+                Line::Comment => {}
+            }
+            self.line = Line::Start;
+            self.after_cr = data[i] == b'\r';
+            i += 1;
+            if self.is_boundary() {
+                last = Some(i);
             }
         }
         last
+    }
+}
+
+/// If `data` ends with a blank line, whatever came before it, returns whether
+/// its last byte is a CR (whose LF may still come).
+///
+/// A line end (CR, LF or CRLF) right after a CR or LF ends an empty line: the
+/// byte before it ended a line (or was the LF of a CRLF whose CR did), so it
+/// starts at the start of a line. An empty line leaves the stream at a
+/// boundary, with no event open, at the very end of `data`.
+fn ends_with_blank_line(data: &[u8]) -> Option<bool> {
+    let eol = |b: &u8| matches!(b, b'\r' | b'\n');
+    match data {
+        [.., b'\r', b'\n'] => {
+            let before = data.len().checked_sub(3).map(|i| &data[i]);
+            before.is_some_and(eol).then_some(false)
+        }
+        [.., a, b'\n'] if eol(a) => Some(false),
+        [.., a, b'\r'] if eol(a) => Some(true),
+        _ => None,
     }
 }
 
@@ -203,6 +248,68 @@ mod tests {
         assert!(b.is_boundary());
         assert_eq!(b.advance(b"id: 7\n: note\n"), None);
         assert!(!b.is_boundary());
+    }
+
+    /// The tracker as first written: one byte at a time, the reference the
+    /// fast paths must agree with.
+    fn reference(b: &mut Boundary, data: &[u8]) -> Option<usize> {
+        let mut last = None;
+        for (i, &byte) in data.iter().enumerate() {
+            if std::mem::take(&mut b.after_cr) && byte == b'\n' {
+                if b.is_boundary() {
+                    last = Some(i + 1);
+                }
+                continue;
+            }
+            match byte {
+                b'\r' | b'\n' => {
+                    match b.line {
+                        Line::Start => b.in_event = false,
+                        Line::Field => b.in_event = true,
+                        Line::Comment => {}
+                    }
+                    b.line = Line::Start;
+                    b.after_cr = byte == b'\r';
+                    if b.is_boundary() {
+                        last = Some(i + 1);
+                    }
+                }
+                b':' if b.line == Line::Start => b.line = Line::Comment,
+                _ if b.line == Line::Start => b.line = Line::Field,
+                _ => {}
+            }
+        }
+        last
+    }
+
+    #[test]
+    fn fast_paths_agree_with_the_byte_by_byte_tracker() {
+        // Every string of up to 7 bytes over the bytes that matter, as one
+        // chunk after every string of up to 3 bytes.
+        const ALPHABET: &[u8] = b"a:\r\n";
+        let strings = |max: u32| {
+            (0..=max).flat_map(|len| {
+                (0..4usize.pow(len)).map(move |mut k| {
+                    (0..len)
+                        .map(|_| {
+                            let b = ALPHABET[k % 4];
+                            k /= 4;
+                            b
+                        })
+                        .collect::<Vec<u8>>()
+                })
+            })
+        };
+        for prefix in strings(3) {
+            let mut start = Boundary::default();
+            reference(&mut start, &prefix);
+            for chunk in strings(7) {
+                let (mut fast, mut slow) = (start, start);
+                let got = fast.advance(&chunk);
+                let want = reference(&mut slow, &chunk);
+                assert_eq!((got, fast), (want, slow), "{prefix:?} then {chunk:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,173 @@
+//! Benchmark 1, body overhead: polling a stream of small SSE frames through
+//! `GracefulBody` versus polling the bare body, in the same run.
+//!
+//! Run with: `cargo bench --bench body`
+
+#[path = "support.rs"]
+mod support;
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use futures_util::FutureExt;
+use http::{Request, Response, header};
+use http_body::{Body, Frame};
+use std::{
+    convert::Infallible,
+    hint::black_box,
+    pin::Pin,
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower_graceful_sse::{Config, DrainHandle};
+
+/// Frames per body: one iteration polls them all.
+const FRAMES: usize = 1_000;
+
+/// `left` clones of one frame. With `pending`, every other poll returns
+/// `Pending` (after waking itself), as a live stream between events does.
+struct Frames {
+    frame: Bytes,
+    left: usize,
+    pending: bool,
+    next_pending: bool,
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        if self.pending {
+            self.next_pending = !self.next_pending;
+            if self.next_pending {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(self.frame.clone()))))
+    }
+}
+
+/// Polls every frame of `body` with a no-op waker; returns the time it took.
+fn drain_body<B: Body<Data = Bytes>>(body: B) -> Duration {
+    let mut body = std::pin::pin!(body);
+    let mut cx = Context::from_waker(Waker::noop());
+    let start = Instant::now();
+    let mut bytes = 0;
+    loop {
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => bytes += frame.into_data().map_or(0, |d| d.len()),
+            Poll::Ready(_) => break,
+            Poll::Pending => {}
+        }
+    }
+    let elapsed = start.elapsed();
+    black_box(bytes);
+    elapsed
+}
+
+/// The frames, through the layer, as the server would poll them.
+fn wrapped(
+    handle: &DrainHandle,
+    frames: Frames,
+    content_type: &'static str,
+) -> impl Body<Data = Bytes> {
+    let mut frames = Some(frames);
+    let service = ServiceBuilder::new()
+        .layer(handle.layer())
+        .service(service_fn(move |_: Request<()>| {
+            let body = frames.take().unwrap();
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, content_type)
+                        .body(body)
+                        .unwrap(),
+                )
+            }
+        }));
+    service
+        .oneshot(Request::new(()))
+        .now_or_never()
+        .unwrap()
+        .unwrap()
+        .into_body()
+}
+
+fn event(size: usize) -> Bytes {
+    // `data: xxx…\n\n`, `size` bytes in all, as axum frames one event.
+    let mut e = b"data: ".to_vec();
+    e.resize(size - 2, b'x');
+    e.extend_from_slice(b"\n\n");
+    // Static, so that cloning a frame costs no reference count in either body.
+    Bytes::from_static(e.leak())
+}
+
+fn body_overhead(c: &mut Criterion) {
+    let mut group = c.benchmark_group("body_overhead");
+    group.throughput(Throughput::Elements(FRAMES as u64));
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    let handle = DrainHandle::new(Config::default());
+    for (size, pending) in [(20, false), (1024, false), (20, true)] {
+        let param = format!("{size}B{}", if pending { "+pending" } else { "" });
+        let frame = event(size);
+        let frames = || Frames {
+            frame: frame.clone(),
+            left: FRAMES,
+            pending,
+            next_pending: false,
+        };
+        let id = format!("bare/{param}");
+        group.bench_function(BenchmarkId::new("bare", &param), |b| {
+            b.iter_custom(|iters| support::timed(&id, iters, || drain_body(frames())))
+        });
+        let id = format!("graceful_sse/{param}");
+        group.bench_function(BenchmarkId::new("graceful_sse", &param), |b| {
+            b.iter_custom(|iters| {
+                support::timed(&id, iters, || {
+                    drain_body(wrapped(&handle, frames(), "text/event-stream"))
+                })
+            })
+        });
+        let id = format!("graceful_plain/{param}");
+        group.bench_function(BenchmarkId::new("graceful_plain", &param), |b| {
+            b.iter_custom(|iters| {
+                support::timed(&id, iters, || {
+                    drain_body(wrapped(&handle, frames(), "text/plain"))
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, body_overhead);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let per = FRAMES as f64;
+    let mut rows = Vec::new();
+    let ids: Vec<(String, String)> = ["20B", "1024B", "20B+pending"]
+        .iter()
+        .flat_map(|p| {
+            [
+                (format!("bare/{p}"), format!("graceful_sse/{p}")),
+                (format!("bare/{p}"), format!("graceful_plain/{p}")),
+            ]
+        })
+        .collect();
+    for (b, c) in &ids {
+        rows.push((b.as_str(), c.as_str(), per, "ns/frame"));
+    }
+    support::print_ratios("body overhead", &rows);
+}

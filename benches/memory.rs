@@ -1,0 +1,271 @@
+//! Benchmark 4, memory: bytes the layer adds per open stream.
+//!
+//! Each measurement starts a fresh server process (this executable, with
+//! `MEMORY_SERVER` set) with or without the layer, reads its resident set
+//! from `/proc/<pid>/statm`, opens N idle SSE streams to it from a client
+//! swarm in a third process, and reads the resident set again. The rounds
+//! alternate the two servers; the bytes added per stream are the difference
+//! of the two medians of `(after - before) / N`.
+//!
+//! Run with: `cargo bench --bench memory` (`-- --streams N --rounds R`).
+
+#[path = "../tests/common/swarm.rs"]
+mod swarm;
+
+use axum::{
+    Router,
+    response::sse::{Event, Sse},
+    routing::get,
+};
+use futures_util::{
+    StreamExt,
+    stream::{self, BoxStream},
+};
+use std::{collections::BTreeMap, convert::Infallible, process::Stdio, time::Duration};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tower_graceful_sse::{Config, DrainHandle, GracefulBody};
+
+/// Counts live heap bytes and blocks by requested size, so the server can
+/// say exactly what it holds, beside what the kernel says it touched.
+mod counting {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        sync::atomic::{AtomicIsize, Ordering::Relaxed},
+    };
+
+    /// Live blocks per size, in 16-byte steps up to 4 KiB, then one bucket.
+    pub static LIVE: [AtomicIsize; 257] = [const { AtomicIsize::new(0) }; 257];
+    pub static BYTES: AtomicIsize = AtomicIsize::new(0);
+
+    pub struct Counting;
+
+    fn bucket(size: usize) -> usize {
+        size.div_ceil(16).min(256)
+    }
+
+    // SAFETY: forwards to the system allocator unchanged; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            LIVE[bucket(layout.size())].fetch_add(1, Relaxed);
+            BYTES.fetch_add(layout.size() as isize, Relaxed);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            LIVE[bucket(layout.size())].fetch_sub(1, Relaxed);
+            BYTES.fetch_sub(layout.size() as isize, Relaxed);
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+            LIVE[bucket(layout.size())].fetch_sub(1, Relaxed);
+            LIVE[bucket(new)].fetch_add(1, Relaxed);
+            BYTES.fetch_add(new as isize - layout.size() as isize, Relaxed);
+            unsafe { System.realloc(ptr, layout, new) }
+        }
+    }
+
+    /// `bytes b16:n b32:n ...` for the buckets in use.
+    pub fn snapshot() -> String {
+        let mut out = BYTES.load(Relaxed).to_string();
+        for (i, live) in LIVE.iter().enumerate() {
+            let n = live.load(Relaxed);
+            if n != 0 {
+                out += &format!(" {}:{n}", i * 16);
+            }
+        }
+        out
+    }
+}
+
+#[global_allocator]
+static ALLOC: counting::Counting = counting::Counting;
+
+async fn idle() -> Sse<BoxStream<'static, Result<Event, Infallible>>> {
+    Sse::new(
+        stream::once(async { Ok(Event::default().event("hello").data("hi")) })
+            .chain(stream::pending())
+            .boxed(),
+    )
+}
+
+/// The server process: prints its address, then serves until killed.
+fn server_if_asked() {
+    let Ok(variant) = std::env::var("MEMORY_SERVER") else {
+        return;
+    };
+    swarm::raise_fd_limit(1 << 20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let handle = DrainHandle::new(Config::default());
+        let mut app = Router::new().route("/events", get(idle));
+        if variant == "layer" {
+            app = app.route_layer(handle.layer());
+        }
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(4096).unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        // One heap snapshot per line read on stdin.
+        let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(_)) = stdin.next_line().await {
+            println!("{}", counting::snapshot());
+        }
+    });
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf reads a constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    pages * page
+}
+
+/// A heap snapshot: live bytes, and live blocks per size.
+struct Heap {
+    bytes: f64,
+    blocks: BTreeMap<usize, f64>,
+}
+
+impl Heap {
+    fn parse(line: &str) -> Self {
+        let mut parts = line.split(' ');
+        let bytes = parts.next().unwrap().parse().unwrap();
+        let blocks = parts
+            .map(|p| {
+                let (size, n) = p.split_once(':').unwrap();
+                (size.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect();
+        Self { bytes, blocks }
+    }
+
+    /// Per stream: `(self - before) / n`.
+    fn per_stream(&self, before: &Heap, n: usize) -> Heap {
+        let mut blocks = self.blocks.clone();
+        for (size, k) in &before.blocks {
+            *blocks.entry(*size).or_default() -= k;
+        }
+        blocks.values_mut().for_each(|k| *k /= n as f64);
+        Heap {
+            bytes: (self.bytes - before.bytes) / n as f64,
+            blocks,
+        }
+    }
+}
+
+struct PerStream {
+    rss: f64,
+    heap: Heap,
+}
+
+/// Resident and heap bytes per open stream in a fresh server.
+async fn per_stream(variant: &str, n: usize) -> PerStream {
+    let mut server = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .env("MEMORY_SERVER", variant)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let addr = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+    let pid = server.id().unwrap();
+    // Warm the server up with a few streams first, so that one-time costs
+    // (thread stacks, the router, first allocations) are in `before`.
+    let warm = swarm::Swarm::spawn(addr, "/events", 64, 0.0);
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stdin = server.stdin.take().unwrap();
+    let mut heap = async || {
+        stdin.write_all(b"heap\n").await.unwrap();
+        Heap::parse(&lines.next_line().await.unwrap().unwrap())
+    };
+    let before = (rss_bytes(pid), heap().await);
+    let mut clients = swarm::Swarm::spawn(addr, "/events", n, 0.0);
+    assert_eq!(clients.ready().await, n);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = (rss_bytes(pid), heap().await);
+    drop(clients);
+    drop(server);
+    PerStream {
+        rss: (after.0 as f64 - before.0 as f64) / n as f64,
+        heap: after.1.per_stream(&before.1, n),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    swarm::worker_if_asked();
+    server_if_asked();
+    let mut streams = 10_000;
+    let mut rounds = 5;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--streams" => streams = args.next().unwrap().parse().unwrap(),
+            "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
+            _ => {} // `--bench`, passed by cargo bench
+        }
+    }
+    swarm::need_fds(streams as u64 + 512);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut bare, mut layer) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        for round in 0..rounds {
+            for k in 0..2 {
+                if (round + k) % 2 == 0 {
+                    bare.push(per_stream("bare", streams).await);
+                } else {
+                    layer.push(per_stream("layer", streams).await);
+                }
+            }
+            let (b, l) = (&bare[round], &layer[round]);
+            println!(
+                "round {round}: resident bare {:.0} B/stream, layer {:.0} B/stream; \
+                 heap bare {:.0} B/stream, layer {:.0} B/stream",
+                b.rss, l.rss, b.heap.bytes, l.heap.bytes
+            );
+        }
+    });
+    // Which blocks the layer adds, from the last round.
+    let (b, l) = (&bare[rounds - 1].heap, &layer[rounds - 1].heap);
+    println!("\nheap blocks added per stream by the layer (requested size: blocks per stream):");
+    for (size, k) in &l.blocks {
+        let d = k - b.blocks.get(size).copied().unwrap_or(0.0);
+        if d.abs() >= 0.05 {
+            println!("  <= {size:>4} B: {d:+.2}");
+        }
+    }
+    let hb = median(bare.iter().map(|p| p.heap.bytes).collect());
+    let hl = median(layer.iter().map(|p| p.heap.bytes).collect());
+    let (b, l) = (
+        median(bare.iter().map(|p| p.rss).collect()),
+        median(layer.iter().map(|p| p.rss).collect()),
+    );
+    println!(
+        "\n== memory: resident bytes per open idle SSE stream, {streams} streams, median of {rounds} rounds =="
+    );
+    println!("without the layer {b:>10.0} B/stream");
+    println!("with the layer    {l:>10.0} B/stream  ratio {:.3}", l / b);
+    println!("added by the layer {:>9.0} B/stream", l - b);
+    println!(
+        "heap (requested bytes): without {hb:.0}, with {hl:.0}, added {:.0} B/stream",
+        hl - hb
+    );
+    println!(
+        "(for scale: size_of::<GracefulBody<axum::body::Body>>() = {} B)",
+        size_of::<GracefulBody<axum::body::Body>>()
+    );
+}
