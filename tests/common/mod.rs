@@ -1,6 +1,8 @@
 //! Shared test helpers: real servers on 127.0.0.1 and a real SSE client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod grammar;
+
 use bytes::Bytes;
 use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
