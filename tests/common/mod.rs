@@ -69,6 +69,13 @@ where
 /// A client connection; dropping it closes the socket at once.
 pub struct Conn(tokio::task::JoinHandle<()>);
 
+impl Conn {
+    /// Wraps the task that drives a client connection.
+    pub fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.0.abort();
@@ -97,6 +104,13 @@ pub async fn request(addr: SocketAddr, path: &str, accept: &str) -> (Response<In
 pub struct Events {
     stream: Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>,
     _conn: Option<Conn>,
+}
+
+impl Events {
+    /// The next event, an error, or the end, as the parser reports them.
+    pub async fn next_raw(&mut self) -> Option<Result<Event, String>> {
+        self.stream.next().await
+    }
 }
 
 /// Opens an SSE stream over a fresh connection.
