@@ -1,13 +1,16 @@
 //! The drain handle, the state it shares with every layer, and the drain task.
 
-use crate::{Config, GracefulSseLayer, sse};
+use crate::{
+    Config, GracefulSseLayer, sse,
+    state::{DRAINING, FORCED, State},
+};
 use bytes::Bytes;
 use std::{
     fmt,
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
@@ -17,13 +20,6 @@ use tokio::{
     sync::{Notify, futures::OwnedNotified},
     time::Instant,
 };
-
-/// Bits of [`Shared::state`]: the phase in the low two bits, the number of
-/// in-flight responses above them. One word, so that admitting a request and
-/// starting the drain are ordered against each other (see [`Shared::admit`]).
-const DRAINING: usize = 0b01;
-const FORCED: usize = 0b10;
-const ONE: usize = 0b100;
 
 /// A cheap, cloneable handle that starts the drain and watches its progress.
 ///
@@ -108,7 +104,7 @@ impl DrainHandle {
     /// or been dropped, SSE or not.
     #[must_use]
     pub fn in_flight(&self) -> usize {
-        self.shared.state.load(Ordering::Acquire) / ONE
+        self.shared.state.count()
     }
 
     /// The report of the drain, once it has finished.
@@ -253,8 +249,8 @@ impl fmt::Debug for Drain {
 
 /// The state behind a handle, shared by its clones, layers and bodies.
 pub(crate) struct Shared {
-    /// `in_flight * ONE | FORCED | DRAINING`.
-    state: AtomicUsize,
+    /// The in-flight count and the phase, in one word.
+    state: State,
     sse: AtomicUsize,
     rejected: AtomicUsize,
     notified: AtomicUsize,
@@ -267,7 +263,6 @@ pub(crate) struct Shared {
     report_ready: Arc<Notify>,
     /// Set once, before `DRAINING`, by the first `drain()`.
     frame: OnceLock<Bytes>,
-    start: Mutex<()>,
     report: OnceLock<DrainReport>,
     pub(crate) config: Config,
 }
@@ -281,7 +276,7 @@ impl Default for Shared {
 impl Shared {
     fn new(config: Config) -> Self {
         Self {
-            state: AtomicUsize::new(0),
+            state: State::new(),
             sse: AtomicUsize::new(0),
             rejected: AtomicUsize::new(0),
             notified: AtomicUsize::new(0),
@@ -290,7 +285,6 @@ impl Shared {
             all_closed: Notify::new(),
             report_ready: Arc::new(Notify::new()),
             frame: OnceLock::new(),
-            start: Mutex::new(()),
             report: OnceLock::new(),
             config,
         }
@@ -298,7 +292,7 @@ impl Shared {
 
     /// `DRAINING | FORCED` bits.
     pub(crate) fn phase(&self) -> usize {
-        self.state.load(Ordering::Acquire) & (DRAINING | FORCED)
+        self.state.phase()
     }
 
     pub(crate) fn is_draining(phase: usize) -> bool {
@@ -311,23 +305,15 @@ impl Shared {
 
     /// Counts a request in, or refuses it because the drain has started.
     ///
-    /// The increment and the drain's `fetch_or(DRAINING)` touch the same word,
-    /// so one of them comes first: either the request is counted before the
-    /// drain starts (and the drain waits for it and notifies its stream), or it
-    /// sees `DRAINING` and is rejected. No request slips between the two.
+    /// Either the request is counted before the drain starts (and the drain
+    /// waits for it and notifies its stream), or it is rejected: see
+    /// [`State::admit`]. No request slips between the two.
     pub(crate) fn admit(self: &Arc<Self>) -> Option<Guard> {
-        if self.phase() & DRAINING == 0 {
-            let prev = self.state.fetch_add(ONE, Ordering::AcqRel);
-            let guard = Guard {
+        if self.state.admit() {
+            return Some(Guard {
                 shared: self.clone(),
                 sse: false,
-            };
-            if prev & DRAINING == 0 {
-                return Some(guard);
-            }
-            // Lost the race to `drain()`: undo through the guard, which also
-            // wakes the drain task if this was the last count.
-            drop(guard);
+            });
         }
         self.rejected.fetch_add(1, Ordering::Relaxed);
         None
@@ -343,21 +329,21 @@ impl Shared {
     }
 
     fn start(self: &Arc<Self>) {
-        let _once = self.start.lock().unwrap_or_else(|e| e.into_inner());
-        if self.frame.get().is_some() {
-            return;
-        }
-        let frame = sse::shutdown_frame(
-            &self.config.message_text(),
-            self.config.reconnect_delay,
-            SystemTime::now(),
-        );
-        let _ = self.frame.set(frame);
+        // Whoever sees `DRAINING` finds the frame: it is set first.
+        self.frame.get_or_init(|| {
+            sse::shutdown_frame(
+                &self.config.message_text(),
+                self.config.reconnect_delay,
+                SystemTime::now(),
+            )
+        });
         let started = Instant::now();
-        let prev = self.state.fetch_or(DRAINING, Ordering::AcqRel);
+        let Some(in_flight) = self.state.start_drain() else {
+            return; // started by an earlier call
+        };
         let sse = self.sse.load(Ordering::Acquire);
         self.changed.notify_waiters();
-        tokio::spawn(self.clone().run_drain(started, prev / ONE, sse));
+        tokio::spawn(self.clone().run_drain(started, in_flight, sse));
     }
 
     async fn run_drain(self: Arc<Self>, started: Instant, in_flight: usize, sse_streams: usize) {
@@ -375,7 +361,7 @@ impl Shared {
         let mut ticks =
             tokio::time::interval_at(started + Duration::from_millis(500), Duration::from_secs(1));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let open = || self.state.load(Ordering::Acquire) / ONE;
+        let open = || self.state.count();
         let force_closed = loop {
             let closed = self.all_closed.notified();
             if open() == 0 {
@@ -417,7 +403,7 @@ impl Shared {
 
     /// Ends the grace period: every body still open ends at its next poll.
     fn force_close(&self) -> usize {
-        let open = self.state.fetch_or(FORCED, Ordering::AcqRel) / ONE;
+        let open = self.state.force_close();
         self.changed.notify_waiters();
         self.force_closed_total
             .fetch_add(open as u64, Ordering::Relaxed);
@@ -460,8 +446,7 @@ impl Drop for Guard {
             #[cfg(feature = "metrics")]
             metrics::gauge!("sse_active_connections").decrement(1.0);
         }
-        let prev = self.shared.state.fetch_sub(ONE, Ordering::AcqRel);
-        if prev & DRAINING != 0 && prev / ONE == 1 {
+        if self.shared.state.release() {
             self.shared.all_closed.notify_one();
         }
     }

@@ -98,6 +98,11 @@ mod handle;
 mod layer;
 mod service;
 mod sse;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod state;
+#[cfg(not(loom))]
+mod state;
 
 pub use body::GracefulBody;
 pub use config::{Config, ConfigError, GRACE_PERIOD_ENV, RECONNECT_DELAY_ENV};

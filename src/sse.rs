@@ -178,6 +178,12 @@ fn ends_with_blank_line(data: &[u8]) -> Option<bool> {
     }
 }
 
+/// The reference model the tracker is checked against.
+#[cfg(test)]
+#[path = "../tests/common/grammar.rs"]
+#[allow(unreachable_pub)]
+mod grammar;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +327,62 @@ mod tests {
             .collect();
         // At the blank line's CR, and again after its LF; never inside.
         assert_eq!(at, [event.len() - 2, event.len() - 1]);
+    }
+
+    #[test]
+    fn reference_model_examples() {
+        let at = |s: &[u8]| {
+            grammar::boundaries(s)
+                .iter()
+                .enumerate()
+                .filter_map(|(p, &b)| b.then_some(p))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(b"data: a\n\n"), [0, 9]);
+        assert_eq!(at(b"data: a\r\n\r\n"), [0, 10, 11]);
+        assert_eq!(at(b": c\nid: 1\r\r"), [0, 4, 11]);
+        assert_eq!(at(b"\n\r\n"), [0, 1, 2, 3]);
+    }
+
+    /// The fuzz target: arbitrary bytes (mostly from the grammar's alphabet,
+    /// so that lines, comments and blank lines are common) cut into arbitrary
+    /// chunks; after every chunk the tracker agrees with the reference model.
+    ///
+    /// `cargo test` runs 1000 random inputs (`BOLERO_RANDOM_ITERATIONS` for
+    /// more); `cargo bolero test sse::tests::tracker_matches_the_reference_grammar`
+    /// runs it under libFuzzer or AFL where a nightly toolchain is available.
+    #[test]
+    fn tracker_matches_the_reference_grammar() {
+        bolero::check!()
+            .with_type::<(Vec<u8>, Vec<u8>)>()
+            .for_each(|(raw, cuts)| {
+                const ALPHABET: &[u8] = b"\r\n:\r\n da\xc3\xa9";
+                let input: Vec<u8> = raw
+                    .iter()
+                    .map(|&b| match b {
+                        0..200 => ALPHABET[usize::from(b) % ALPHABET.len()],
+                        _ => b,
+                    })
+                    .collect();
+                let reference = grammar::boundaries(&input);
+                let mut tracker = Boundary::default();
+                let mut start = 0;
+                for (i, cut) in (0..).zip(cuts.iter().cycle()) {
+                    if start == input.len() || i > input.len() {
+                        break;
+                    }
+                    let end = (start + usize::from(cut % 16) + 1).min(input.len());
+                    let expected = (start + 1..=end).rev().find(|&p| reference[p]);
+                    let got = tracker.advance(&input[start..end]).map(|at| start + at);
+                    assert_eq!(got, expected, "chunk {start}..{end} of {input:?}");
+                    assert_eq!(tracker.is_boundary(), reference[end]);
+                    assert_eq!(tracker.after_cr(), input[end - 1] == b'\r');
+                    start = end;
+                }
+                if cuts.is_empty() && !input.is_empty() {
+                    let expected = (1..=input.len()).rev().find(|&p| reference[p]);
+                    assert_eq!(tracker.advance(&input), expected);
+                }
+            });
     }
 }

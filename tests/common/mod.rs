@@ -1,6 +1,8 @@
 //! Shared test helpers: real servers on 127.0.0.1 and a real SSE client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod grammar;
+
 use bytes::Bytes;
 use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
@@ -67,6 +69,13 @@ where
 /// A client connection; dropping it closes the socket at once.
 pub struct Conn(tokio::task::JoinHandle<()>);
 
+impl Conn {
+    /// Wraps the task that drives a client connection.
+    pub fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.0.abort();
@@ -109,6 +118,13 @@ pub async fn request_with(
 pub struct Events {
     stream: Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>,
     _conn: Option<Conn>,
+}
+
+impl Events {
+    /// The next event, an error, or the end, as the parser reports them.
+    pub async fn next_raw(&mut self) -> Option<Result<Event, String>> {
+        self.stream.next().await
+    }
 }
 
 /// Opens an SSE stream over a fresh connection.
