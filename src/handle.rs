@@ -291,14 +291,17 @@ impl Shared {
     }
 
     /// `DRAINING | FORCED` bits.
+    #[inline]
     pub(crate) fn phase(&self) -> usize {
         self.state.phase()
     }
 
+    #[inline]
     pub(crate) fn is_draining(phase: usize) -> bool {
         phase & DRAINING != 0
     }
 
+    #[inline]
     pub(crate) fn is_forced(phase: usize) -> bool {
         phase & FORCED != 0
     }

@@ -37,6 +37,7 @@ impl State {
     }
 
     /// The `DRAINING | FORCED` bits.
+    #[inline]
     pub fn phase(&self) -> usize {
         self.word.load(Ordering::Acquire) & (DRAINING | FORCED)
     }
