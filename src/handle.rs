@@ -78,7 +78,8 @@ impl DrainHandle {
     /// # Panics
     ///
     /// The first call panics if it is made outside a Tokio runtime, as
-    /// [`tokio::spawn`] does.
+    /// [`tokio::spawn`] does, before anything has started: a later call from
+    /// inside a runtime then starts the drain.
     pub fn drain(&self) -> Drain {
         self.shared.start();
         Drain {
@@ -332,6 +333,13 @@ impl Shared {
     }
 
     fn start(self: &Arc<Self>) {
+        if Self::is_draining(self.phase()) {
+            return;
+        }
+        // Fail before the state changes: a drain marked started with no task
+        // to run it would never end.
+        let runtime = tokio::runtime::Handle::try_current()
+            .expect("DrainHandle::drain must first be called inside a Tokio runtime");
         // Whoever sees `DRAINING` finds the frame: it is set first.
         self.frame.get_or_init(|| {
             sse::shutdown_frame(
@@ -346,7 +354,7 @@ impl Shared {
         };
         let sse = self.sse.load(Ordering::Acquire);
         self.changed.notify_waiters();
-        tokio::spawn(self.clone().run_drain(started, in_flight, sse));
+        runtime.spawn(self.clone().run_drain(started, in_flight, sse));
     }
 
     async fn run_drain(self: Arc<Self>, started: Instant, in_flight: usize, sse_streams: usize) {

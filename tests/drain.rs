@@ -553,3 +553,15 @@ async fn empty_body_is_counted_until_its_end() {
     drop(res);
     assert_eq!(handle.in_flight(), 0);
 }
+
+#[test]
+fn drain_outside_a_runtime_panics_without_starting_the_drain() {
+    let handle = DrainHandle::new(Config::default());
+    let outside = std::panic::catch_unwind(|| drop(handle.drain()));
+    assert!(outside.is_err());
+    assert!(!handle.is_draining(), "nothing started");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let report = runtime.block_on(async { within(handle.drain()).await });
+    assert!(handle.is_draining());
+    assert_eq!(report.in_flight, 0);
+}
