@@ -3,6 +3,8 @@
 //! layers people put beside this one.
 
 mod common;
+#[path = "common/swarm.rs"]
+mod swarm;
 
 use axum::{
     Router,
@@ -307,6 +309,8 @@ async fn client_leaving_while_its_notice_is_written_is_released() {
 #[tokio::test]
 async fn two_thousand_clients_leaving_during_the_drain_are_all_released() {
     const CLIENTS: usize = 2000;
+    // Both ends of every connection live in this process.
+    swarm::need_fds(2 * CLIENTS as u64 + 512);
     let handle = DrainHandle::new(
         Config::default()
             .end_after_notice(false)
