@@ -160,23 +160,36 @@ where
                     }
                 }
             }
-            match body.as_mut().poll_frame(cx) {
+            let polled = body.as_mut().poll_frame(cx);
+            match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Some(splice) = splice.as_mut() else {
-                        return Poll::Ready(Some(Ok(frame)));
+                        return polled;
+                    };
+                    let draining = Shared::is_draining(shared.phase());
+                    if !draining {
+                        // The hot path: nothing to cut, only the boundary to
+                        // track, and the frame goes out untouched.
+                        if let Some(data) = frame.data_ref() {
+                            splice.boundary.advance(data);
+                        }
+                        return polled;
+                    }
+                    let Poll::Ready(Some(Ok(frame))) = polled else {
+                        continue;
                     };
                     match frame.into_data() {
-                        Ok(data) => match splice.pass(data, Shared::is_draining(shared.phase())) {
+                        Ok(data) => match splice.pass(data, draining) {
                             Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                             None => continue,
                         },
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     }
                 }
-                Poll::Ready(other) => {
+                Poll::Ready(_) => {
                     // The end, or an error: either way the response is over.
                     end(guard, wait);
-                    return Poll::Ready(other);
+                    return polled;
                 }
                 Poll::Pending => {
                     // Sleep until the inner body or the drain has news. A new

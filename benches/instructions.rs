@@ -1,0 +1,135 @@
+//! Benchmark 2 again, counted in instructions instead of seconds, so that a
+//! 2 % difference can be resolved on a noisy machine.
+//!
+//! Each measurement is a child process run under valgrind's callgrind: one
+//! single-threaded runtime serves an axum SSE endpoint of N events on loopback
+//! (with or without the layer) and reads it back with a hyper client, every
+//! byte checked. The cost per event is `(I(N2) - I(N1)) / (N2 - N1)`, which
+//! cancels the start-up cost; the ratio of the two costs is the layer's
+//! end-to-end overhead (server and client together, as the wall-clock
+//! benchmark measures it).
+//!
+//! Run with: `cargo bench --bench instructions` (needs `valgrind`).
+
+use axum::{
+    Router,
+    response::sse::{Event, Sse},
+    routing::get,
+};
+use bytes::Bytes;
+use futures_util::stream;
+use http::{Request, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::{convert::Infallible, process::Command};
+use tower_graceful_sse::{Config, DrainHandle};
+
+/// The event streamed: 40 bytes on the wire, as in `benches/loopback.rs`.
+const DATA: &str = r#"{"seq":1234,"status":"running"}"#;
+const EVENT_LEN: usize = "data: \n\n".len() + DATA.len();
+const N1: usize = 2_000;
+const N2: usize = 12_000;
+const ROUNDS: usize = 3;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, child, layer, n] = &args[..] {
+        if child == "--child" {
+            return serve_and_read(layer == "with", n.parse().unwrap());
+        }
+    }
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("instructions: valgrind is not installed; skipping");
+        return;
+    }
+    let per_event = |layer: &str| -> Vec<f64> {
+        (0..ROUNDS)
+            .map(|_| (count(layer, N2) - count(layer, N1)) as f64 / (N2 - N1) as f64)
+            .collect()
+    };
+    // Alternate, so that whatever drifts affects both alike.
+    let (mut bare, mut layered) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        bare.extend(per_event("without"));
+        layered.extend(per_event("with"));
+    }
+    let (bare, layered) = (median(bare), median(layered));
+    println!("\n== end to end, instructions per event (callgrind), {N2} - {N1} events ==");
+    println!("bare endpoint      {bare:>10.0} instructions/event");
+    println!("with the layer     {layered:>10.0} instructions/event");
+    println!(
+        "ratio              {:>10.4}  ({:+.2} %)",
+        layered / bare,
+        (layered / bare - 1.0) * 100.0
+    );
+}
+
+/// Total instructions of one child run, from callgrind's summary.
+fn count(layer: &str, n: usize) -> u64 {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("valgrind")
+        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+        .arg(exe)
+        .args(["--child", layer, &n.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let collected = stderr
+        .lines()
+        .find_map(|l| l.split("Collected : ").nth(1))
+        .unwrap_or_else(|| panic!("no callgrind summary in:\n{stderr}"));
+    collected.trim().parse().unwrap()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The child: one runtime thread, one server, one client, `n` events.
+fn serve_and_read(layer: bool, n: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let handle = DrainHandle::new(Config::default());
+        let app = Router::new().route(
+            "/",
+            get(move || async move {
+                Sse::new(stream::iter(
+                    (0..n).map(|_| Ok::<_, Infallible>(Event::default().data(DATA))),
+                ))
+            }),
+        );
+        let app = if layer {
+            app.layer(handle.layer())
+        } else {
+            app
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/")
+            .header(header::HOST, "bench")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let mut body = sender.send_request(req).await.unwrap().into_body();
+        let mut bytes = 0;
+        while let Some(frame) = body.frame().await {
+            bytes += frame.unwrap().data_ref().map_or(0, Bytes::len);
+        }
+        assert_eq!(bytes, n * EVENT_LEN, "every event read back");
+    });
+}
