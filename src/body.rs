@@ -175,8 +175,9 @@ where
                         }
                         return polled;
                     }
+                    // Draining: take the frame out to cut it at a boundary.
                     let Poll::Ready(Some(Ok(frame))) = polled else {
-                        continue;
+                        continue; // matched just above: never taken
                     };
                     match frame.into_data() {
                         Ok(data) => match splice.pass(data, draining) {
