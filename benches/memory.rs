@@ -115,6 +115,8 @@ fn server_if_asked() {
             println!("{}", counting::snapshot());
         }
     });
+    // Stdin closed: the parent is done with this server.
+    std::process::exit(0);
 }
 
 fn rss_bytes(pid: u32) -> u64 {
