@@ -565,3 +565,100 @@ fn drain_outside_a_runtime_panics_without_starting_the_drain() {
     assert!(handle.is_draining());
     assert_eq!(report.in_flight, 0);
 }
+
+/// A body of `frames`, served with `content_type`, through the layer.
+async fn through_layer(
+    handle: &DrainHandle,
+    content_type: &'static str,
+    frames: Vec<Frame<Bytes>>,
+) -> tower_graceful_sse::GracefulBody<
+    StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>,
+> {
+    let mut frames = Some(frames.into_iter().map(Ok).collect::<Vec<_>>());
+    let service = ServiceBuilder::new()
+        .layer(handle.layer())
+        .service(service_fn(move |_: Request<()>| {
+            let body = StreamBody::new(stream::iter(frames.take().expect("called once")));
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, content_type)
+                        .body(body)
+                        .unwrap(),
+                )
+            }
+        }));
+    service.oneshot(Request::new(())).await.unwrap().into_body()
+}
+
+#[tokio::test]
+async fn trailers_pass_through_sse_and_plain_bodies() {
+    let handle = DrainHandle::new(Config::default());
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    for content_type in ["text/event-stream", "text/plain"] {
+        let body = through_layer(
+            &handle,
+            content_type,
+            vec![
+                Frame::data(Bytes::from_static(b"data: 1\n\n")),
+                Frame::trailers(trailers.clone()),
+            ],
+        )
+        .await;
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers), "{content_type}");
+        assert_eq!(collected.to_bytes(), "data: 1\n\n");
+        assert_eq!(handle.in_flight(), 0);
+    }
+}
+
+#[tokio::test]
+async fn size_hint_and_end_of_stream_pass_through() {
+    use http_body::Body as _;
+    let handle = DrainHandle::new(Config::default());
+    let service = ServiceBuilder::new()
+        .layer(handle.layer())
+        .service(service_fn(|req: Request<&'static str>| async move {
+            let body = http_body_util::Full::new(Bytes::from_static(b"hello"));
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header(header::CONTENT_TYPE, *req.body())
+                    .body(body)
+                    .unwrap(),
+            )
+        }));
+
+    // A plain body keeps its exact length and its end.
+    let mut plain = service
+        .clone()
+        .oneshot(Request::new("text/plain"))
+        .await
+        .unwrap()
+        .into_body();
+    assert_eq!(plain.size_hint().exact(), Some(5));
+    assert!(!plain.is_end_stream());
+    assert_eq!(
+        plain.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "hello"
+    );
+    assert!(plain.is_end_stream());
+    assert!(plain.frame().await.is_none());
+    assert_eq!(plain.size_hint().exact(), Some(0));
+
+    // An event stream may grow by the notice: no exact length is promised.
+    let mut sse = service
+        .oneshot(Request::new("text/event-stream"))
+        .await
+        .unwrap()
+        .into_body();
+    assert_eq!(
+        (sse.size_hint().lower(), sse.size_hint().upper()),
+        (0, None)
+    );
+    assert!(!sse.is_end_stream());
+    sse.frame().await.unwrap().unwrap();
+    assert!(sse.is_end_stream());
+    assert!(sse.frame().await.is_none());
+    assert_eq!(handle.in_flight(), 0);
+}
