@@ -336,8 +336,9 @@ async fn a_second_sigint_exits_at_once() {
 }
 
 /// The page in headless Chromium, through a restart: it shows the notice,
-/// reconnects by itself to the next server and completes the report with
-/// every row once. Screenshots land in `target/`.
+/// finds no server when it comes back and backs off, then reconnects by
+/// itself to the next server and completes the report with every row once.
+/// Screenshots land in `target/`.
 #[tokio::test]
 async fn browser_page_survives_a_restart() {
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
@@ -379,6 +380,15 @@ async fn browser_page_survives_a_restart() {
     }
     first.signal("TERM");
     assert_eq!(first.exit_code().await, 0);
+    // Start the next server only once the page has found nobody there and
+    // is backing off: its retry path is part of what is shown.
+    loop {
+        let line = next_line().await;
+        println!("browser: {line}");
+        if line == "STATE retrying" {
+            break;
+        }
+    }
     let _second = Server::start(port, &env).await;
     let result: Value = loop {
         let line = next_line().await;
@@ -408,7 +418,13 @@ async fn browser_page_survives_a_restart() {
         .iter()
         .map(|s| s.as_str().unwrap())
         .collect();
-    assert!(states.contains(&"restarting"), "{states:?}");
+    let at = |state| {
+        let at = states.iter().position(|s| *s == state);
+        at.unwrap_or_else(|| panic!("the page never showed {state:?}: {states:?}"))
+    };
+    assert!(at("restarting") < at("retrying"), "{states:?}");
+    assert!(at("retrying") < at("complete"), "{states:?}");
+    assert!(result["reconnects"].as_u64().unwrap() >= 1);
     assert_eq!(
         result["rows"].as_array().unwrap(),
         &report_rows("browser", 40),

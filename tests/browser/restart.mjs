@@ -2,7 +2,8 @@
 //
 // Usage: node restart.mjs <page url> <screenshot dir>
 // Protocol with tests/analytics.rs, one line each on stdout:
-//   MIDWAY          the report is streaming and part-way: restart the server now
+//   MIDWAY          the report is streaming and part-way: stop the server now
+//   STATE <state>   the page's connection state changed
 //   RESULT <json>   the page's final state
 // Anything else on stdout is a log line.
 import { chromium } from "playwright-core";
@@ -34,7 +35,10 @@ try {
       state: window.report.state,
       notice: document.getElementById("notice").textContent,
     }));
-    if (states[states.length - 1] !== now.state) states.push(now.state);
+    if (states[states.length - 1] !== now.state) {
+      states.push(now.state);
+      console.log(`STATE ${now.state}`);
+    }
     if (now.notice) notices.add(now.notice);
     if (now.state === "restarting" && !shot) {
       await page.screenshot({ path: `${shots}/analytics-restarting.png` });
