@@ -157,8 +157,9 @@ pub struct DrainReport {
     pub in_flight: usize,
     /// Of those, the open `text/event-stream` responses.
     pub sse_streams: usize,
-    /// Open SSE streams that were handed the shutdown frame (rejected SSE
-    /// requests, which get it too, count under `rejected`).
+    /// Open SSE streams whose shutdown frame was handed to the server to
+    /// write (rejected SSE requests, which get it too, count under
+    /// `rejected`).
     pub notified: usize,
     /// In-flight responses that ended within the grace period.
     pub closed: usize,

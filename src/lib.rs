@@ -41,8 +41,11 @@
 //!   that stops reading is counted as force-closed at the deadline, but its
 //!   connection stays open until the server closes it.
 //! - A compressed event stream (`Content-Encoding` other than `identity`) is
-//!   counted and ended at the deadline but never spliced: put the compression
-//!   layer outside this one if streams should get the notice.
+//!   counted but never spliced, and if it is still open at the deadline it is
+//!   cut there, so the client's decoder reports a truncated stream. Put the
+//!   compression layer outside this one: the notice is then compressed with
+//!   the rest. (tower-http's default predicate never compresses event
+//!   streams.) `RELIABILITY.md` shows each order.
 //! - A non-SSE body with a known length that is still running at the deadline
 //!   ends short, which the server reports to the client as an error.
 //! - [`DrainHandle::drain`] spawns the drain task: call it inside a Tokio
