@@ -155,7 +155,7 @@ where
                     return Poll::Ready(None);
                 }
                 if let Some(s) = splice.as_mut() {
-                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(rest, true)) {
+                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(rest)) {
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
                 }
@@ -180,7 +180,7 @@ where
                         continue; // matched just above: never taken
                     };
                     match frame.into_data() {
-                        Ok(data) => match splice.pass(data, draining) {
+                        Ok(data) => match splice.pass(data) {
                             Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                             None => continue,
                         },
@@ -259,12 +259,12 @@ impl Splice {
         Some(shared.frame().clone())
     }
 
-    /// Tracks a data chunk of the inner body and returns what to send now.
+    /// Tracks a data chunk of a draining body and returns what to send now.
     ///
     /// While a notice is due, a chunk that holds a boundary is cut there: the
     /// head goes now, the notice next, the tail after it (or never, if the
     /// stream ends after the notice). `None` means nothing is left to send.
-    fn pass(&mut self, mut data: Bytes, draining: bool) -> Option<Bytes> {
+    fn pass(&mut self, mut data: Bytes) -> Option<Bytes> {
         if std::mem::take(&mut self.skip_lf) && data.first() == Some(&b'\n') {
             data = data.slice(1..);
         }
@@ -273,7 +273,7 @@ impl Splice {
         }
         let before = self.boundary;
         match self.boundary.advance(&data) {
-            Some(at) if draining && !self.notified && at < data.len() => {
+            Some(at) if !self.notified && at < data.len() => {
                 self.boundary = before;
                 self.boundary.advance(&data[..at]);
                 self.rest = Some(data.split_off(at));

@@ -91,7 +91,7 @@ impl DrainHandle {
     /// True once [`drain`](Self::drain) has been called.
     #[must_use]
     pub fn is_draining(&self) -> bool {
-        self.shared.phase() & DRAINING != 0
+        Shared::is_draining(self.shared.phase())
     }
 
     /// The number of open `text/event-stream` responses that can receive the
