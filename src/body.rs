@@ -1,7 +1,7 @@
 //! The response body wrapper: counts, splices the notice, ends on time.
 
 use crate::{
-    handle::{Guard, Shared},
+    shared::{Guard, Shared},
     sse::Boundary,
 };
 use bytes::Bytes;

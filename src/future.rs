@@ -1,6 +1,6 @@
 //! The response future.
 
-use crate::{GracefulBody, handle::Guard, service::is_spliceable};
+use crate::{GracefulBody, shared::Guard, sse::is_spliceable};
 use bytes::Bytes;
 use http::Response;
 use http_body::Body;

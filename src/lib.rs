@@ -96,10 +96,14 @@
 
 mod body;
 mod config;
+mod drain;
 mod future;
 mod handle;
 mod layer;
+mod metrics;
+mod report;
 mod service;
+mod shared;
 mod sse;
 #[cfg(loom)]
 #[doc(hidden)]
@@ -109,9 +113,11 @@ mod state;
 
 pub use body::GracefulBody;
 pub use config::{Config, ConfigError, GRACE_PERIOD_ENV, RECONNECT_DELAY_ENV};
+pub use drain::Drain;
 pub use future::ResponseFuture;
-pub use handle::{Drain, DrainHandle, DrainReport, Metrics};
+pub use handle::DrainHandle;
 pub use layer::GracefulSseLayer;
+pub use report::{DrainReport, Metrics};
 pub use service::GracefulSse;
 
 /// The README's example, compiled as a doctest.

@@ -1,6 +1,9 @@
 //! The service: admits or rejects each request.
 
-use crate::{DrainHandle, GracefulBody, GracefulSseLayer, ResponseFuture, handle::Shared};
+use crate::{
+    DrainHandle, GracefulBody, GracefulSseLayer, ResponseFuture, shared::Shared,
+    sse::accepts_event_stream,
+};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::Body;
@@ -110,32 +113,6 @@ fn rejection<B>(shared: &Shared, req: &Request<B>) -> Response<Bytes> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res
-}
-
-fn accepts_event_stream<B>(req: &Request<B>) -> bool {
-    const SSE: &[u8] = b"text/event-stream";
-    req.headers().get_all(header::ACCEPT).iter().any(|value| {
-        value
-            .as_bytes()
-            .windows(SSE.len())
-            .any(|w| w.eq_ignore_ascii_case(SSE))
-    })
-}
-
-/// True for a `text/event-stream` response whose bytes are plain SSE: the
-/// notice cannot be spliced into a compressed stream.
-pub(crate) fn is_spliceable<B>(res: &Response<B>) -> bool {
-    let headers = res.headers();
-    let event_stream = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"));
-    let plain = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    event_stream && plain
 }
 
 impl<S: fmt::Debug> fmt::Debug for GracefulSse<S> {

@@ -1,7 +1,36 @@
-//! SSE framing: the shutdown frame and the event-boundary tracker.
+//! Everything about the event-stream format: which requests and responses
+//! are event streams, the shutdown frame and the event-boundary tracker.
 
 use bytes::Bytes;
+use http::{Request, Response, header};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// True if the request accepts `text/event-stream`: an `EventSource`.
+pub(crate) fn accepts_event_stream<B>(req: &Request<B>) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    req.headers().get_all(header::ACCEPT).iter().any(|value| {
+        value
+            .as_bytes()
+            .windows(SSE.len())
+            .any(|w| w.eq_ignore_ascii_case(SSE))
+    })
+}
+
+/// True for a `text/event-stream` response whose bytes are plain SSE: the
+/// notice cannot be spliced into a compressed stream.
+pub(crate) fn is_spliceable<B>(res: &Response<B>) -> bool {
+    let headers = res.headers();
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"));
+    let plain = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    event_stream && plain
+}
 
 /// Encodes the shutdown frame once per drain; every stream gets a clone.
 ///
