@@ -1,6 +1,7 @@
 //! The response body wrapper: counts, splices the notice, ends on time.
 
 use crate::{
+    BoxError, DrainDeadline,
     shared::{Guard, Shared},
     sse::Boundary,
 };
@@ -121,14 +122,15 @@ impl<B> GracefulBody<B> {
 impl<B> Body for GracefulBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let (mut body, guard, splice, wait) = match self.project().kind.project() {
             KindProj::Full { chunk } => return Poll::Ready(chunk.take().map(Frame::data).map(Ok)),
             KindProj::Inner {
@@ -152,7 +154,13 @@ where
                 }
                 if Shared::is_forced(phase) {
                     end(guard, wait);
-                    return Poll::Ready(None);
+                    // An event stream ends cleanly: its client drops an
+                    // unfinished event and reconnects. Anything else was cut
+                    // short and must not look complete.
+                    if splice.is_some() || body.is_end_stream() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(DrainDeadline::boxed())));
                 }
                 if let Some(s) = splice.as_mut() {
                     if let Some(rest) = s.rest.take().and_then(|rest| s.pass(rest)) {
@@ -164,7 +172,7 @@ where
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Some(splice) = splice.as_mut() else {
-                        return polled;
+                        return polled.map_err(Into::into);
                     };
                     let draining = Shared::is_draining(shared.phase());
                     if !draining {
@@ -173,7 +181,7 @@ where
                         if let Some(data) = frame.data_ref() {
                             splice.boundary.advance(data);
                         }
-                        return polled;
+                        return polled.map_err(Into::into);
                     }
                     // Draining: take the frame out to cut it at a boundary.
                     let Poll::Ready(Some(Ok(frame))) = polled else {
@@ -190,7 +198,7 @@ where
                 Poll::Ready(_) => {
                     // The end, or an error: either way the response is over.
                     end(guard, wait);
-                    return polled;
+                    return polled.map_err(Into::into);
                 }
                 Poll::Pending => {
                     // Sleep until the inner body or the drain has news. A new

@@ -24,8 +24,9 @@
 //!   and then ends (or runs on, see [`Config::end_after_notice`]);
 //! - the drain waits up to the grace period ([`Config::grace_period`],
 //!   `SHUTDOWN_GRACE_PERIOD`, default 20 s) for bodies to end, then ends the
-//!   rest cleanly (a normal end of stream, never a reset), and resolves to a
-//!   [`DrainReport`].
+//!   rest, and resolves to a [`DrainReport`]: an event stream ends cleanly (its
+//!   client drops an unfinished event and reconnects after `retry:`), any
+//!   other body is cut with [`DrainDeadline`] so that it never looks complete.
 //!
 //! # Metrics
 //!
@@ -46,8 +47,11 @@
 //!   compression layer outside this one: the notice is then compressed with
 //!   the rest. (tower-http's default predicate never compresses event
 //!   streams.) `RELIABILITY.md` shows each order.
-//! - A non-SSE body with a known length that is still running at the deadline
-//!   ends short, which the server reports to the client as an error.
+//! - A body that is not an event stream (a CSV download, a long JSON response)
+//!   and is still running at the deadline is cut: it fails with
+//!   [`DrainDeadline`], so the server aborts it (HTTP/1.1 closes the
+//!   connection without the final chunk, HTTP/2 resets the stream) and the
+//!   client reports a truncated transfer instead of taking it for a whole one.
 //! - [`DrainHandle::drain`] spawns the drain task: call it inside a Tokio
 //!   runtime.
 //!
@@ -97,6 +101,7 @@
 mod body;
 mod config;
 mod drain;
+mod error;
 mod future;
 mod handle;
 mod layer;
@@ -114,6 +119,7 @@ mod state;
 pub use body::GracefulBody;
 pub use config::{Config, ConfigError, GRACE_PERIOD_ENV, RECONNECT_DELAY_ENV};
 pub use drain::Drain;
+pub use error::{BoxError, DrainDeadline};
 pub use future::ResponseFuture;
 pub use handle::DrainHandle;
 pub use layer::GracefulSseLayer;
