@@ -2,7 +2,7 @@
 
 use crate::{
     BoxError, DrainDeadline,
-    shared::{Guard, Shared},
+    shared::{Guard, Shared, Waiter},
     sse::Boundary,
 };
 use bytes::Bytes;
@@ -10,11 +10,9 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::{
     fmt,
-    future::Future,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
-use tokio::sync::futures::OwnedNotified;
 
 pin_project! {
     /// The response body of [`GracefulSse`](crate::GracefulSse): the inner
@@ -43,48 +41,6 @@ pin_project! {
         },
         // A rejection: one chunk, then the end.
         Full { chunk: Option<Bytes> },
-    }
-}
-
-pin_project! {
-    /// A registration for the next phase change, and the waker it holds.
-    struct Waiter {
-        #[pin]
-        notified: OwnedNotified,
-        // The waker `notified` was last polled with, once it returned
-        // `Pending` before the drain.
-        waker: Option<Waker>,
-    }
-}
-
-impl Waiter {
-    fn new(shared: &Shared) -> Self {
-        Self {
-            notified: shared.changed.clone().notified_owned(),
-            waker: None,
-        }
-    }
-
-    /// True once the next phase change may be due: polls the registration,
-    /// unless it already holds a waker for this task and no drain has started.
-    ///
-    /// Polling a registered `Notified` takes the lock of the `Notify` that
-    /// every stream of the handle shares, and a live stream goes pending after
-    /// each event: skipping it keeps that lock off the hot path. Before the
-    /// drain the only notification to come is the one that starts it, which
-    /// changes the phase first: the next poll then sees `DRAINING` and polls
-    /// the registration again, so no notification is lost.
-    fn poll_changed(self: Pin<&mut Self>, cx: &mut Context<'_>, phase: usize) -> bool {
-        let this = self.project();
-        let draining = Shared::is_draining(phase);
-        if !draining && this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            return false;
-        }
-        if this.notified.poll(cx).is_ready() {
-            return true;
-        }
-        *this.waker = (!draining).then(|| cx.waker().clone());
-        false
     }
 }
 

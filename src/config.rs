@@ -8,6 +8,9 @@ pub const GRACE_PERIOD_ENV: &str = "SHUTDOWN_GRACE_PERIOD";
 /// The environment variable read by [`Config::from_env`] for the reconnect delay.
 pub const RECONNECT_DELAY_ENV: &str = "SHUTDOWN_RECONNECT_DELAY";
 
+/// The environment variable read by [`Config::from_env`] for the linger.
+pub const LINGER_ENV: &str = "SHUTDOWN_LINGER";
+
 /// The longest duration accepted: one day. Anything longer is a typo.
 const MAX_SECONDS: f64 = 86_400.0;
 
@@ -30,18 +33,21 @@ const MAX_SECONDS: f64 = 86_400.0;
 pub struct Config {
     pub(crate) grace_period: Duration,
     pub(crate) reconnect_delay: Duration,
+    pub(crate) linger: Duration,
     pub(crate) message: Option<String>,
     pub(crate) end_after_notice: bool,
     pub(crate) sse_rejection_as_notice: bool,
 }
 
 impl Default for Config {
-    /// A 20 s grace period, a 30 s reconnect delay, the seed's message, streams
-    /// ended right after their notice, SSE requests rejected with a notice.
+    /// A 20 s grace period, a 30 s reconnect delay, a 1 s linger, the seed's
+    /// message, streams ended right after their notice, SSE requests rejected
+    /// with a notice.
     fn default() -> Self {
         Self {
             grace_period: Duration::from_secs(20),
             reconnect_delay: Duration::from_secs(30),
+            linger: Duration::from_secs(1),
             message: None,
             end_after_notice: true,
             sse_rejection_as_notice: true,
@@ -50,8 +56,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The defaults, with the grace period read from `SHUTDOWN_GRACE_PERIOD`
-    /// and the reconnect delay from `SHUTDOWN_RECONNECT_DELAY`, where set.
+    /// The defaults, with the grace period read from `SHUTDOWN_GRACE_PERIOD`,
+    /// the reconnect delay from `SHUTDOWN_RECONNECT_DELAY` and the linger from
+    /// `SHUTDOWN_LINGER`, where set.
     ///
     /// Values are in seconds, whole or fractional (`20`, `0.5`, `0`).
     ///
@@ -67,6 +74,9 @@ impl Config {
         }
         if let Some(delay) = env_seconds(RECONNECT_DELAY_ENV)? {
             config.reconnect_delay = delay;
+        }
+        if let Some(linger) = env_seconds(LINGER_ENV)? {
+            config.linger = linger;
         }
         Ok(config)
     }
@@ -84,6 +94,19 @@ impl Config {
     /// rejection's `Retry-After`.
     pub fn reconnect_delay(mut self, reconnect_delay: Duration) -> Self {
         self.reconnect_delay = reconnect_delay;
+        self
+    }
+
+    /// How long after the grace period connections that still carry a
+    /// response are left to write what they hold (default 1 s); then they
+    /// are closed, whether or not their client reads.
+    ///
+    /// The end of the linger is the drain's [deadline](crate::Drain::deadline):
+    /// [`GracefulIo`](crate::GracefulIo), the axum listener and the
+    /// hyper-util watcher close their connections there, so a client that
+    /// stopped reading cannot keep the server alive.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
         self
     }
 

@@ -11,22 +11,115 @@ use std::{
 };
 use tokio::{sync::futures::OwnedNotified, time::Instant};
 
-/// The future returned by [`DrainHandle::drain`]: resolves to the drain's
-/// report when every response has ended or the grace period has run out.
+/// The future returned by [`DrainHandle::drain`](crate::DrainHandle::drain):
+/// resolves to the drain's report when every response has ended or the grace
+/// period has run out.
 ///
 /// # Cancel safety
 ///
 /// Dropping it does not stop the drain; a new call to
-/// [`DrainHandle::drain`] returns a future of the same report.
+/// [`DrainHandle::drain`](crate::DrainHandle::drain) or
+/// [`DrainHandle::drained`](crate::DrainHandle::drained) returns a future of
+/// the same report.
+#[must_use = "the drain runs anyway; await this to get its report"]
 pub struct Drain {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) wait: Option<Pin<Box<OwnedNotified>>>,
+    report: ReportWait,
+}
+
+impl Drain {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            report: ReportWait::new(shared),
+        }
+    }
+
+    /// The drain's deadline: the end of the grace period plus the
+    /// [linger](crate::Config::linger). At this instant the layer's bodies
+    /// have long ended, and connections that still carry a response are
+    /// closed by [`GracefulIo`](crate::GracefulIo), the axum listener and the
+    /// hyper-util watcher.
+    ///
+    /// With any other server, bound each connection by it, for example with
+    /// `tokio::time::timeout_at(drain.deadline(), connection)`: a client that
+    /// stops reading then cannot keep the process alive.
+    #[must_use]
+    pub fn deadline(&self) -> Instant {
+        self.report
+            .shared
+            .deadline()
+            .expect("a Drain exists only once its drain has started")
+    }
 }
 
 impl Future for Drain {
     type Output = DrainReport;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
+        self.report.poll(cx)
+    }
+}
+
+impl fmt::Debug for Drain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drain")
+            .field("deadline", &self.report.shared.deadline())
+            .field("report", &self.report.shared.report.get())
+            .finish()
+    }
+}
+
+/// The future returned by
+/// [`DrainHandle::drained`](crate::DrainHandle::drained): resolves to the
+/// report of the drain once it has finished, without starting one.
+///
+/// Completes immediately if the drain is already over; waits for as long as no
+/// drain is started.
+///
+/// # Cancel safety
+///
+/// Dropping it has no effect on the drain; it holds no place in any queue
+/// that matters, so it can be used in `tokio::select!` and created again.
+#[must_use = "futures do nothing unless polled"]
+pub struct Drained {
+    report: ReportWait,
+}
+
+impl Drained {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            report: ReportWait::new(shared),
+        }
+    }
+}
+
+impl Future for Drained {
+    type Output = DrainReport;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
+        self.report.poll(cx)
+    }
+}
+
+impl fmt::Debug for Drained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drained")
+            .field("report", &self.report.shared.report.get())
+            .finish()
+    }
+}
+
+/// Waits for the report to be published.
+struct ReportWait {
+    shared: Arc<Shared>,
+    wait: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl ReportWait {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, wait: None }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<DrainReport> {
         loop {
             if let Some(report) = self.shared.report.get() {
                 return Poll::Ready(*report);
@@ -45,14 +138,6 @@ impl Future for Drain {
                 }
             }
         }
-    }
-}
-
-impl fmt::Debug for Drain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Drain")
-            .field("report", &self.shared.report.get())
-            .finish()
     }
 }
 
@@ -75,7 +160,7 @@ impl Shared {
                 SystemTime::now(),
             )
         });
-        let started = Instant::now();
+        let started = *self.started.get_or_init(Instant::now);
         let Some(in_flight) = self.state.start_drain() else {
             return; // started by an earlier call
         };
@@ -93,6 +178,7 @@ impl Shared {
         );
         tracing::info!("Active SSE connections: {sse_streams}");
         tracing::info!("Notifying {sse_streams} active connections of shutdown");
+        metrics::drain_duration(0.0);
 
         let deadline = tokio::time::sleep_until(started + grace);
         tokio::pin!(deadline);
@@ -109,11 +195,14 @@ impl Shared {
                 biased;
                 () = closed => {}
                 () = &mut deadline => break self.force_close(),
-                _ = ticks.tick() => tracing::info!(
-                    "Waiting for {} connections to close ({:.1}s elapsed)",
-                    open(),
-                    started.elapsed().as_secs_f64()
-                ),
+                _ = ticks.tick() => {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    metrics::drain_duration(elapsed);
+                    tracing::info!(
+                        "Waiting for {} connections to close ({elapsed:.1}s elapsed)",
+                        open(),
+                    );
+                }
             }
         };
         let report = DrainReport {
@@ -136,6 +225,14 @@ impl Shared {
         metrics::drain_duration(report.elapsed.as_secs_f64());
         let _ = self.report.set(report);
         self.report_ready.notify_waiters();
+
+        // Connections still open at the deadline hold a client that does not
+        // read (or a response outside the layer): close them, so that no
+        // client can keep the server alive.
+        tokio::time::sleep_until(started + grace + self.config.linger).await;
+        self.cut.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+        tracing::debug!("drain deadline: closing the connections that are still open");
     }
 
     /// Ends the grace period: every body still open ends at its next poll.

@@ -1,6 +1,8 @@
 //! The public handle: starts the drain and watches its progress.
 
-use crate::{Config, Drain, DrainReport, GracefulSseLayer, Metrics, metrics, shared::Shared};
+use crate::{
+    Config, Drain, DrainReport, Drained, GracefulSseLayer, Metrics, metrics, shared::Shared,
+};
 use std::{
     fmt,
     sync::{Arc, atomic::Ordering},
@@ -66,10 +68,84 @@ impl DrainHandle {
     /// inside a runtime then starts the drain.
     pub fn drain(&self) -> Drain {
         self.shared.start();
-        Drain {
-            shared: self.shared.clone(),
-            wait: None,
-        }
+        Drain::new(self.shared.clone())
+    }
+
+    /// Waits for the report of the drain, without starting one.
+    ///
+    /// Completes immediately if the drain is over; otherwise when whoever
+    /// calls [`drain`](Self::drain) sees it finish. This keeps the trigger
+    /// (your shutdown code) apart from those that only watch: a test, a
+    /// metrics task, a second server sharing the handle.
+    ///
+    /// ```
+    /// use tower_graceful_sse::{Config, DrainHandle};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let handle = DrainHandle::new(Config::default());
+    /// let watcher = tokio::spawn(handle.drained()); // does not start it
+    /// assert!(!handle.is_draining());
+    ///
+    /// let report = handle.drain().await;
+    /// assert_eq!(watcher.await.unwrap(), report);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future changes nothing.
+    pub fn drained(&self) -> Drained {
+        Drained::new(self.shared.clone())
+    }
+
+    /// Wraps an axum listener so that its connections are closed at the
+    /// drain's [deadline](Drain::deadline): see [`GracefulListener`].
+    ///
+    /// `axum::serve(handle.listener(listener), app)` is the one line that
+    /// keeps a client that stops reading from holding the server past the
+    /// grace period.
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn listener<L>(&self, listener: L) -> crate::GracefulListener<L> {
+        crate::GracefulListener::new(listener, self)
+    }
+
+    /// Watches a hyper connection: shuts it down gracefully when the drain
+    /// starts and drops it at the drain's [deadline](Drain::deadline). See
+    /// [`Watched`](crate::Watched).
+    ///
+    /// The counterpart of hyper-util's `GracefulShutdown::watch`, for
+    /// servers written with hyper-util's connection builders:
+    ///
+    /// ```
+    /// use hyper_util::{rt::{TokioExecutor, TokioIo}, server::conn::auto::Builder};
+    /// use tower_graceful_sse::{Config, DrainHandle};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let handle = DrainHandle::new(Config::default());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let addr = listener.local_addr()?;
+    /// # tokio::spawn(tokio::net::TcpStream::connect(addr));
+    /// let (stream, _) = listener.accept().await?;
+    /// let service = hyper::service::service_fn(|_req| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+    /// });
+    /// let conn = Builder::new(TokioExecutor::new())
+    ///     .serve_connection(TokioIo::new(stream), service)
+    ///     .into_owned();
+    /// tokio::spawn(handle.watch(conn));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "hyper-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+    pub fn watch<C>(&self, conn: C) -> crate::Watched<C>
+    where
+        C: hyper_util::server::graceful::GracefulConnection,
+    {
+        crate::Watched::new(conn, self.shared.clone())
     }
 
     /// True once [`drain`](Self::drain) has been called.
@@ -109,7 +185,11 @@ impl DrainHandle {
     pub fn metrics(&self) -> Metrics {
         Metrics {
             sse_active_connections: self.sse_streams(),
-            sse_shutdown_duration_seconds: self.report().map(|r| r.elapsed.as_secs_f64()),
+            sse_shutdown_duration_seconds: match (self.report(), self.shared.started.get()) {
+                (Some(report), _) => Some(report.elapsed.as_secs_f64()),
+                (None, Some(started)) => Some(started.elapsed().as_secs_f64()),
+                (None, None) => None,
+            },
             sse_force_closed_connections_total: self
                 .shared
                 .force_closed_total
@@ -125,9 +205,7 @@ impl DrainHandle {
 impl Default for DrainHandle {
     /// A handle with [`Config::default`], as [`DrainHandle::new`] makes it.
     fn default() -> Self {
-        Self {
-            shared: Arc::new(Shared::new(Config::default())),
-        }
+        Self::new(Config::default())
     }
 }
 

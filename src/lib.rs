@@ -95,6 +95,7 @@
 //! shows the whole integration.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, rust_2018_idioms)]
 #![deny(unreachable_pub)]
 
@@ -104,7 +105,10 @@ mod drain;
 mod error;
 mod future;
 mod handle;
+mod io;
 mod layer;
+#[cfg(feature = "axum")]
+mod listener;
 mod metrics;
 mod report;
 mod service;
@@ -115,16 +119,25 @@ mod sse;
 pub mod state;
 #[cfg(not(loom))]
 mod state;
+#[cfg(feature = "hyper-util")]
+mod watch;
 
 pub use body::GracefulBody;
-pub use config::{Config, ConfigError, GRACE_PERIOD_ENV, RECONNECT_DELAY_ENV};
-pub use drain::Drain;
+pub use config::{Config, ConfigError, GRACE_PERIOD_ENV, LINGER_ENV, RECONNECT_DELAY_ENV};
+pub use drain::{Drain, Drained};
 pub use error::{BoxError, DrainDeadline};
 pub use future::ResponseFuture;
 pub use handle::DrainHandle;
+pub use io::GracefulIo;
 pub use layer::GracefulSseLayer;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use listener::GracefulListener;
 pub use report::{DrainReport, Metrics};
 pub use service::GracefulSse;
+#[cfg(feature = "hyper-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+pub use watch::Watched;
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

@@ -51,7 +51,8 @@ impl fmt::Display for DrainReport {
 pub struct Metrics {
     /// Open `text/event-stream` responses.
     pub sse_active_connections: usize,
-    /// How long the drain took, once it has finished.
+    /// How long the drain has run so far, or took once it has finished;
+    /// `None` before it starts.
     pub sse_shutdown_duration_seconds: Option<f64>,
     /// Responses ended by the layer at the end of a grace period.
     pub sse_force_closed_connections_total: u64,

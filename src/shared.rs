@@ -6,11 +6,20 @@ use crate::{
     state::{DRAINING, FORCED, State},
 };
 use bytes::Bytes;
-use std::sync::{
-    Arc, OnceLock,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+use pin_project_lite::pin_project;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Waker},
 };
-use tokio::sync::Notify;
+use tokio::{
+    sync::{Notify, futures::OwnedNotified},
+    time::Instant,
+};
 
 /// The state behind a handle, shared by its clones, layers and bodies.
 pub(crate) struct Shared {
@@ -20,14 +29,19 @@ pub(crate) struct Shared {
     pub(crate) rejected: AtomicUsize,
     pub(crate) notified: AtomicUsize,
     pub(crate) force_closed_total: AtomicU64,
-    /// Fired on each phase change; bodies wait on it while their inner body
-    /// is pending.
+    /// Set at the end of the linger after the grace period: connections that
+    /// still carry a response are closed.
+    pub(crate) cut: AtomicBool,
+    /// Fired on each phase change and at the cut; bodies and connections wait
+    /// on it while they are pending.
     pub(crate) changed: Arc<Notify>,
     /// Fired when the last in-flight response ends during a drain.
     pub(crate) all_closed: Notify,
     pub(crate) report_ready: Arc<Notify>,
     /// Set once, before `DRAINING`, by the first `drain()`.
     pub(crate) frame: OnceLock<Bytes>,
+    /// When the drain started; set with the frame.
+    pub(crate) started: OnceLock<Instant>,
     pub(crate) report: OnceLock<DrainReport>,
     pub(crate) config: Config,
 }
@@ -40,10 +54,12 @@ impl Shared {
             rejected: AtomicUsize::new(0),
             notified: AtomicUsize::new(0),
             force_closed_total: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
             changed: Arc::new(Notify::new()),
             all_closed: Notify::new(),
             report_ready: Arc::new(Notify::new()),
             frame: OnceLock::new(),
+            started: OnceLock::new(),
             report: OnceLock::new(),
             config,
         }
@@ -86,8 +102,64 @@ impl Shared {
         self.frame.get().expect("the frame is set before DRAINING")
     }
 
+    /// True once connections that still carry a response are to be closed.
+    #[inline]
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    /// The instant connections are cut: the end of the grace period plus the
+    /// linger. Present once the drain has started.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let config = &self.config;
+        let started = *self.started.get()?;
+        Some(started + config.grace_period + config.linger)
+    }
+
     pub(crate) fn count_notified(&self) {
         self.notified.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pin_project! {
+    /// A registration for the next phase change, and the waker it holds.
+    pub(crate) struct Waiter {
+        #[pin]
+        notified: OwnedNotified,
+        // The waker `notified` was last polled with, once it returned
+        // `Pending` before the drain.
+        waker: Option<Waker>,
+    }
+}
+
+impl Waiter {
+    pub(crate) fn new(shared: &Shared) -> Self {
+        Self {
+            notified: shared.changed.clone().notified_owned(),
+            waker: None,
+        }
+    }
+
+    /// True once the next phase change may be due: polls the registration,
+    /// unless it already holds a waker for this task and no drain has started.
+    ///
+    /// Polling a registered `Notified` takes the lock of the `Notify` that
+    /// every stream of the handle shares, and a live stream goes pending after
+    /// each event: skipping it keeps that lock off the hot path. Before the
+    /// drain the only notification to come is the one that starts it, which
+    /// changes the phase first: the next poll then sees `DRAINING` and polls
+    /// the registration again, so no notification is lost.
+    pub(crate) fn poll_changed(self: Pin<&mut Self>, cx: &mut Context<'_>, phase: usize) -> bool {
+        let this = self.project();
+        let draining = Shared::is_draining(phase);
+        if !draining && this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
+        if this.notified.poll(cx).is_ready() {
+            return true;
+        }
+        *this.waker = (!draining).then(|| cx.waker().clone());
+        false
     }
 }
 
