@@ -100,7 +100,7 @@ impl DrainHandle {
     }
 
     /// Wraps an axum listener so that its connections are closed at the
-    /// drain's [deadline](Drain::deadline): see [`GracefulListener`].
+    /// drain's [deadline](Drain::deadline): see [`GracefulListener`](crate::GracefulListener).
     ///
     /// `axum::serve(handle.listener(listener), app)` is the one line that
     /// keeps a client that stops reading from holding the server past the

@@ -28,6 +28,27 @@
 //!   client drops an unfinished event and reconnects after `retry:`), any
 //!   other body is cut with [`DrainDeadline`] so that it never looks complete.
 //!
+//! # Clients that stop reading
+//!
+//! A client that stops reading (a phone in a tunnel, a frozen background tab)
+//! fills the socket buffers: the server stops polling its response body, so
+//! the layer cannot end it, and the connection stays open. Left alone, it
+//! keeps `axum::serve(..).with_graceful_shutdown(..)` (or any graceful
+//! shutdown) waiting until the process is killed. Close such connections at
+//! the drain's [deadline](Drain::deadline), the end of the grace period plus a
+//! short [linger](Config::linger) (default 1 s) that lets the last bytes out:
+//!
+//! - axum: serve [`DrainHandle::listener`]`(listener)` instead of the listener
+//!   (cargo feature `axum`);
+//! - hyper-util: spawn [`DrainHandle::watch`]`(connection)` instead of the
+//!   connection (cargo feature `hyper-util`); it also shuts the connection
+//!   down gracefully when the drain starts;
+//! - any other server: wrap each connection's IO in [`GracefulIo`], or bound
+//!   each connection with `tokio::time::timeout_at(drain.deadline(), conn)`.
+//!
+//! Healthy streams are not affected: they have had their notice and ended long
+//! before.
+//!
 //! # Metrics
 //!
 //! [`DrainHandle::metrics`] returns a snapshot of `sse_active_connections`,
@@ -38,9 +59,6 @@
 //!
 //! # Caveats
 //!
-//! - Only bodies the server polls can be ended: a body stuck behind a client
-//!   that stops reading is counted as force-closed at the deadline, but its
-//!   connection stays open until the server closes it.
 //! - A compressed event stream (`Content-Encoding` other than `identity`) is
 //!   counted but never spliced, and if it is still open at the deadline it is
 //!   cut there, so the client's decoder reports a truncated stream. Put the
@@ -89,10 +107,11 @@
 //! ```
 //!
 //! With axum, put the layer on the streaming routes (`Router::route_layer`)
-//! so health checks and metrics stay answerable during the drain, and let
+//! so health checks and metrics stay answerable during the drain, serve
+//! [`DrainHandle::listener`]`(listener)`, and let
 //! `axum::serve(..).with_graceful_shutdown(..)` wait for the drain's report:
-//! the streams are then closed and the server exits. The `analytics` example
-//! shows the whole integration.
+//! the streams are then closed and the server exits, at the latest at the
+//! deadline. The `analytics` example shows the whole integration.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
