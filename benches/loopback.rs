@@ -68,6 +68,19 @@ fn serve(app: Router, host: u8) -> SocketAddr {
     addr
 }
 
+/// [`serve`], with every connection a `GracefulIo` (`DrainHandle::listener`).
+fn serve_graceful(app: Router, host: u8, handle: &DrainHandle) -> SocketAddr {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket
+        .bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0)))
+        .unwrap();
+    let listener = handle.listener(socket.listen(4096).unwrap());
+    let addr = listener.get_ref().local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 /// An endless stream of small events, as fast as the client reads them.
 async fn firehose() -> SseStream {
     Sse::new(stream::repeat_with(|| Ok(Event::default().data(DATA))).boxed())
@@ -117,22 +130,29 @@ impl Reader {
 fn end_to_end(c: &mut Criterion) {
     let rt = runtime();
     let handle = DrainHandle::new(Config::default());
-    let (mut bare, mut layered) = rt.block_on(async {
+    let (mut bare, mut layered, mut listener) = rt.block_on(async {
         let bare = serve(Router::new().route("/events", get(firehose)), 1);
-        let layered = serve(
-            Router::new()
-                .route("/events", get(firehose))
-                .route_layer(handle.layer()),
-            1,
-        );
-        (Reader::open(bare).await, Reader::open(layered).await)
+        let app = Router::new()
+            .route("/events", get(firehose))
+            .route_layer(handle.layer());
+        let layered = serve(app.clone(), 1);
+        let listener = serve_graceful(app, 1, &handle);
+        (
+            Reader::open(bare).await,
+            Reader::open(layered).await,
+            Reader::open(listener).await,
+        )
     });
 
     let mut group = c.benchmark_group("end_to_end");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(4));
     group.sample_size(30);
-    for (name, reader) in [("bare", &mut bare), ("layer", &mut layered)] {
+    for (name, reader) in [
+        ("bare", &mut bare),
+        ("layer", &mut layered),
+        ("layer+listener", &mut listener),
+    ] {
         group.bench_function(BenchmarkId::new("events", name), |b| {
             b.iter_custom(|iters| {
                 let elapsed = rt.block_on(async {
@@ -146,34 +166,43 @@ fn end_to_end(c: &mut Criterion) {
     }
     group.finish();
 
-    // Interleaved A/B: rounds of a fixed number of events on each, in
-    // alternating order, so both see the same machine within a round.
+    // Interleaved A/B/C: rounds of a fixed number of events on each, in
+    // rotating order, so all see the same machine within a round.
     const ROUNDS: usize = 21;
     const EVENTS: u64 = 100_000;
-    let mut ratios = Vec::with_capacity(ROUNDS);
+    const NAMES: [&str; 3] = ["bare", "layer", "layer+listener"];
+    let mut ratios = [Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS)];
     rt.block_on(async {
         for round in 0..ROUNDS {
-            let mut t = [Duration::ZERO; 2];
-            for k in 0..2 {
-                let which = (round + k) % 2;
-                let reader = if which == 0 { &mut bare } else { &mut layered };
+            let mut t = [Duration::ZERO; 3];
+            for k in 0..3 {
+                let which = (round + k) % 3;
+                let reader = match which {
+                    0 => &mut bare,
+                    1 => &mut layered,
+                    _ => &mut listener,
+                };
                 let start = Instant::now();
                 reader.read(EVENTS).await;
                 t[which] = start.elapsed();
-                let name = ["bare", "layer"][which];
+                let name = NAMES[which];
                 support::record(&format!("end_to_end_ab/{name}"), EVENTS, t[which]);
             }
-            ratios.push(t[1].as_secs_f64() / t[0].as_secs_f64());
+            for (ratio, time) in ratios.iter_mut().zip(&t[1..]) {
+                ratio.push(time.as_secs_f64() / t[0].as_secs_f64());
+            }
         }
     });
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "\nend_to_end interleaved A/B: {ROUNDS} rounds of {EVENTS} events each way; \
-         layer/bare time per event: median {:.4}, quartiles {:.4}..{:.4}",
-        ratios[ROUNDS / 2],
-        ratios[ROUNDS / 4],
-        ratios[3 * ROUNDS / 4]
-    );
+    for (ratios, name) in ratios.iter_mut().zip(&NAMES[1..]) {
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "\nend_to_end interleaved: {ROUNDS} rounds of {EVENTS} events each way; \
+             {name}/bare time per event: median {:.4}, quartiles {:.4}..{:.4}",
+            ratios[ROUNDS / 2],
+            ratios[ROUNDS / 4],
+            ratios[3 * ROUNDS / 4]
+        );
+    }
     drop(handle);
 }
 
@@ -289,6 +318,18 @@ fn main() {
         &[
             ("end_to_end/bare", "end_to_end/layer", 1.0, "ns/event"),
             ("end_to_end_ab/bare", "end_to_end_ab/layer", 1.0, "ns/event"),
+            (
+                "end_to_end/bare",
+                "end_to_end/layer+listener",
+                1.0,
+                "ns/event",
+            ),
+            (
+                "end_to_end_ab/bare",
+                "end_to_end_ab/layer+listener",
+                1.0,
+                "ns/event",
+            ),
         ],
     );
     let rows: Vec<(String, String)> = [100, 1_000, 10_000]
