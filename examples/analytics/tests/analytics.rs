@@ -3,10 +3,11 @@
 //!
 //! `cargo test` builds the example before it runs these tests.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 #[allow(dead_code)]
-#[path = "../examples/analytics/report.rs"]
+#[path = "../src/report.rs"]
 mod report;
 
 use common::*;
@@ -23,21 +24,9 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// The example binary, built by `cargo test` next to the test binaries.
+/// The example binary, built by `cargo test` before these tests.
 fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join("analytics");
-    assert!(
-        path.exists(),
-        "{} is missing: run the whole suite (`cargo test --all-features`), which builds the examples",
-        path.display()
-    );
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_analytics"))
 }
 
 /// A free loopback port, to start two servers on the same one in turn.
@@ -338,15 +327,15 @@ async fn a_second_sigint_exits_at_once() {
 /// The page in headless Chromium, through a restart: it shows the notice,
 /// finds no server when it comes back and backs off, then reconnects by
 /// itself to the next server and completes the report with every row once.
-/// Screenshots land in `target/`.
+/// Screenshots land in `target/tmp/` (`CARGO_TARGET_TMPDIR`).
 #[tokio::test]
 async fn browser_page_survives_a_restart() {
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists(),
-        "run `npm ci --prefix tests/browser` (and install Debian's chromium) first; `.ci/run` does both"
+        "run `npm ci --prefix examples/analytics/tests/browser` (and install Debian's chromium) first; `./scripts/test` does both"
     );
-    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&shots).unwrap();
 
     let port = free_port();

@@ -1,8 +1,8 @@
 //! ga4-analytics-api: an analytics server whose report streams survive a
 //! rolling restart.
 //!
-//! Run with: `cargo run --example analytics`, open <http://127.0.0.1:3000/>,
-//! and send the server SIGTERM (`kill $(pgrep -f examples/analytics)`) or press
+//! Run with: `cargo run -p analytics`, open <http://127.0.0.1:3000/>,
+//! and send the server SIGTERM (`pkill -TERM -x analytics`) or press
 //! Ctrl-C while a report streams: the page shows the restart notice, waits,
 //! and resumes the report where it stopped on the next server you start.
 //!
@@ -107,7 +107,7 @@ fn app(state: AppState) -> Router {
         .route_layer(state.drain.layer());
     Router::new()
         .nest("/api/v1/analytics", api)
-        .route("/", get(|| async { Html(include_str!("page.html")) }))
+        .route("/", get(|| async { Html(include_str!("../page.html")) }))
         .route("/healthz/live", get(|| async { "ok" }))
         .route("/healthz/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -1,7 +1,7 @@
 // Drives the analytics page in headless Chromium through a server restart.
 //
 // Usage: node restart.mjs <page url> <screenshot dir>
-// Protocol with tests/analytics.rs, one line each on stdout:
+// Protocol with examples/analytics/tests/analytics.rs, one line each on stdout:
 //   MIDWAY          the report is streaming and part-way: stop the server now
 //   STATE <state>   the page's connection state changed
 //   RESULT <json>   the page's final state
