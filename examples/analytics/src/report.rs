@@ -1,10 +1,14 @@
 //! The analytics report: a pure function of its parameters, so any instance
 //! can resume any stream after a restart.
+//!
+//! Nothing is built ahead: [`Report::event`] computes one event from its
+//! index, so a stream holds only its parameters and a position, and resuming
+//! after `Last-Event-ID` starts at that index without replaying anything.
 
 use serde_json::{Value, json};
 
 /// Traffic sources of the synthetic GA4-style table.
-const SOURCES: [&str; 5] = ["google", "direct", "newsletter", "bing", "twitter"];
+pub const SOURCES: [&str; 5] = ["google", "direct", "newsletter", "bing", "twitter"];
 
 /// The report covers the `days` days up to this date (days since 1970-01-01:
 /// 2024-12-31), so the same parameters always give the same rows.
@@ -52,59 +56,168 @@ impl Params {
 }
 
 /// One event of the stream: its `event:` name and its JSON `data:`. The
-/// event's `id:` is its index in [`events`].
+/// event's `id:` is its index in the report.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReportEvent {
     pub name: &'static str,
     pub data: Value,
 }
 
-/// The whole report, in order: a `status` to start, one `result` per day
-/// (with a `status` every few days), and a final `complete` with totals.
-pub fn events(params: &Params) -> Vec<ReportEvent> {
-    let status = |step: &str, percent: u32| ReportEvent {
-        name: "status",
-        data: json!({ "step": step, "percent": percent }),
-    };
-    let mut out = vec![status("querying", 0)];
-    let (mut sessions, mut users, mut pageviews) = (0u64, 0u64, 0u64);
-    for day in 0..params.days {
-        let date = date(LAST_DAY - i64::from(params.days - 1 - day));
-        let rows: Vec<Value> = SOURCES
-            .iter()
-            .map(|source| {
-                let h = hash(&[params.report.as_bytes(), date.as_bytes(), source.as_bytes()]);
-                let s = 50 + h % 950;
-                let u = s * (60 + (h >> 16) % 40) / 100;
-                let p = s * (100 + (h >> 32) % 400) / 100;
-                sessions += s;
-                users += u;
-                pageviews += p;
-                json!({ "date": date, "source": source, "sessions": s, "users": u, "pageviews": p })
-            })
-            .collect();
-        out.push(ReportEvent {
-            name: "result",
-            data: json!({ "day": day + 1, "rows": rows }),
-        });
-        if (day + 1) % STATUS_EVERY == 0 && day + 1 < params.days {
-            out.push(status("aggregating", (day + 1) * 100 / params.days));
-        }
+/// One row of the table: a day and a source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub date: String,
+    pub source: &'static str,
+    pub sessions: u64,
+    pub users: u64,
+    pub pageviews: u64,
+}
+
+/// The report, in order: a `status` to start, one `result` per day (with a
+/// `status` after every [`STATUS_EVERY`] days but the last), and a final
+/// `complete` with totals. Holds only its parameters: every event is
+/// computed when asked for.
+#[derive(Clone, Debug)]
+pub struct Report {
+    params: Params,
+}
+
+/// What the event at an index is.
+#[derive(Debug, PartialEq)]
+enum Slot {
+    Start,
+    /// The rows of one day (0-based).
+    Day(u32),
+    /// Progress after this many days.
+    Progress(u32),
+    Complete,
+}
+
+impl Report {
+    pub fn new(params: Params) -> Self {
+        Self { params }
     }
-    out.push(ReportEvent {
-        name: "complete",
-        data: json!({
-            "report": params.report,
-            "days": params.days,
-            "rows": params.days as usize * SOURCES.len(),
-            "totals": { "sessions": sessions, "users": users, "pageviews": pageviews },
-        }),
-    });
-    out
+
+    /// The number of events; ids run from 0 to `len() - 1`.
+    pub fn len(&self) -> usize {
+        let days = self.params.days as usize;
+        // The start, the days, a status after every 7 days but the last, the end.
+        1 + days + (days - 1) / STATUS_EVERY as usize + 1
+    }
+
+    /// The events from index `start` on, each with its id, computed one at
+    /// a time as the iterator is advanced.
+    pub fn events_from(self, start: usize) -> impl Iterator<Item = (usize, ReportEvent)> {
+        (start..self.len()).map(move |id| (id, self.event(id).expect("id below len")))
+    }
+
+    /// The event with this id, or `None` past the end.
+    pub fn event(&self, id: usize) -> Option<ReportEvent> {
+        let status = |step: &str, percent: u32| ReportEvent {
+            name: "status",
+            data: json!({ "step": step, "percent": percent }),
+        };
+        Some(match self.slot(id)? {
+            Slot::Start => status("querying", 0),
+            Slot::Day(day) => ReportEvent {
+                name: "result",
+                data: json!({
+                    "day": day + 1,
+                    "rows": self.rows(day).iter().map(Row::json).collect::<Vec<_>>(),
+                }),
+            },
+            Slot::Progress(done) => status("aggregating", done * 100 / self.params.days),
+            Slot::Complete => {
+                let (mut sessions, mut users, mut pageviews) = (0u64, 0u64, 0u64);
+                for row in (0..self.params.days).flat_map(|day| self.rows(day)) {
+                    sessions += row.sessions;
+                    users += row.users;
+                    pageviews += row.pageviews;
+                }
+                ReportEvent {
+                    name: "complete",
+                    data: json!({
+                        "report": self.params.report,
+                        "days": self.params.days,
+                        "rows": self.params.days as usize * SOURCES.len(),
+                        "totals": { "sessions": sessions, "users": users, "pageviews": pageviews },
+                    }),
+                }
+            }
+        })
+    }
+
+    /// Where index `id` falls: after the start, the days come in blocks of
+    /// 7 results and 1 status.
+    fn slot(&self, id: usize) -> Option<Slot> {
+        let len = self.len();
+        if id >= len {
+            return None;
+        }
+        if id == 0 {
+            return Some(Slot::Start);
+        }
+        if id == len - 1 {
+            return Some(Slot::Complete);
+        }
+        let block = STATUS_EVERY as usize + 1;
+        let (n, k) = ((id - 1) / block, (id - 1) % block);
+        let before = (n * STATUS_EVERY as usize) as u32;
+        Some(if k < STATUS_EVERY as usize {
+            Slot::Day(before + k as u32)
+        } else {
+            Slot::Progress(before + STATUS_EVERY)
+        })
+    }
+
+    /// The rows of one day (0-based), one per source.
+    pub fn rows(&self, day: u32) -> [Row; SOURCES.len()] {
+        let date = date(LAST_DAY - i64::from(self.params.days - 1 - day));
+        SOURCES.map(|source| {
+            let h = hash(&[
+                self.params.report.as_bytes(),
+                date.as_bytes(),
+                source.as_bytes(),
+            ]);
+            let sessions = 50 + h % 950;
+            Row {
+                date: date.clone(),
+                source,
+                sessions,
+                users: sessions * (60 + (h >> 16) % 40) / 100,
+                pageviews: sessions * (100 + (h >> 32) % 400) / 100,
+            }
+        })
+    }
+
+    /// The days of the report (for the CSV export).
+    pub fn days(&self) -> u32 {
+        self.params.days
+    }
+}
+
+impl Row {
+    fn json(&self) -> Value {
+        json!({
+            "date": self.date,
+            "source": self.source,
+            "sessions": self.sessions,
+            "users": self.users,
+            "pageviews": self.pageviews,
+        })
+    }
+
+    /// `date,source,sessions,users,pageviews` and a newline.
+    pub fn csv(&self) -> String {
+        format!(
+            "{},{},{},{},{}\n",
+            self.date, self.source, self.sessions, self.users, self.pageviews
+        )
+    }
 }
 
 /// FNV-1a over the parts, then a splitmix64 finaliser.
-fn hash(parts: &[&[u8]]) -> u64 {
+pub fn hash(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for &b in *part {
@@ -130,4 +243,125 @@ fn date(days: i64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report as the example built it before it was lazy (verbatim but
+    /// for names): every event of the whole report, built up front. The
+    /// lazy report must give exactly these events under exactly these ids,
+    /// so clients resume across old and new servers.
+    fn eager_events(params: &Params) -> Vec<ReportEvent> {
+        let status = |step: &str, percent: u32| ReportEvent {
+            name: "status",
+            data: json!({ "step": step, "percent": percent }),
+        };
+        let mut out = vec![status("querying", 0)];
+        let (mut sessions, mut users, mut pageviews) = (0u64, 0u64, 0u64);
+        for day in 0..params.days {
+            let date = date(LAST_DAY - i64::from(params.days - 1 - day));
+            let rows: Vec<Value> = SOURCES
+                .iter()
+                .map(|source| {
+                    let h = hash(&[params.report.as_bytes(), date.as_bytes(), source.as_bytes()]);
+                    let s = 50 + h % 950;
+                    let u = s * (60 + (h >> 16) % 40) / 100;
+                    let p = s * (100 + (h >> 32) % 400) / 100;
+                    sessions += s;
+                    users += u;
+                    pageviews += p;
+                    json!({ "date": date, "source": source, "sessions": s, "users": u, "pageviews": p })
+                })
+                .collect();
+            out.push(ReportEvent {
+                name: "result",
+                data: json!({ "day": day + 1, "rows": rows }),
+            });
+            if (day + 1) % STATUS_EVERY == 0 && day + 1 < params.days {
+                out.push(status("aggregating", (day + 1) * 100 / params.days));
+            }
+        }
+        out.push(ReportEvent {
+            name: "complete",
+            data: json!({
+                "report": params.report,
+                "days": params.days,
+                "rows": params.days as usize * SOURCES.len(),
+                "totals": { "sessions": sessions, "users": users, "pageviews": pageviews },
+            }),
+        });
+        out
+    }
+
+    /// The whole lazy report from its first event.
+    fn events(params: &Params) -> impl Iterator<Item = ReportEvent> {
+        Report::new(params.clone()).events_from(0).map(|(_, e)| e)
+    }
+
+    fn params(report: &str, days: u32) -> Params {
+        Params {
+            report: report.into(),
+            days,
+        }
+    }
+
+    #[test]
+    fn every_resume_point_gives_the_rest_of_the_full_run() {
+        for days in [1, 2, 6, 7, 8, 13, 14, 15, 21, 22, 30] {
+            let p = params("resume", days);
+            let full = eager_events(&p);
+            let report = Report::new(p);
+            assert_eq!(report.len(), full.len(), "days={days}");
+            // Resuming after each id, as Last-Event-ID does, and from the start.
+            for start in 0..=full.len() {
+                let rest: Vec<(usize, ReportEvent)> = report.clone().events_from(start).collect();
+                let expected: Vec<(usize, ReportEvent)> =
+                    full.iter().cloned().enumerate().skip(start).collect();
+                assert_eq!(rest, expected, "days={days} start={start}");
+            }
+            assert_eq!(report.event(full.len()), None);
+        }
+    }
+
+    #[test]
+    fn a_year_is_the_same_report_as_before() {
+        for days in [364, 365] {
+            let p = params("traffic", days);
+            assert!(events(&p).eq(eager_events(&p)), "days={days}");
+        }
+    }
+
+    #[test]
+    fn the_report_is_a_pure_function_of_its_parameters() {
+        let a: Vec<_> = events(&params("a", 10)).collect();
+        assert_eq!(a, events(&params("a", 10)).collect::<Vec<_>>());
+        assert_ne!(a, events(&params("b", 10)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn csv_rows_are_the_rows_of_the_full_run() {
+        let p = params("csv", 30);
+        // The export as it was built from the eager report.
+        let mut expected = String::new();
+        for e in eager_events(&p).iter().filter(|e| e.name == "result") {
+            for row in e.data["rows"].as_array().unwrap() {
+                expected += &format!(
+                    "{},{},{},{},{}\n",
+                    row["date"].as_str().unwrap(),
+                    row["source"].as_str().unwrap(),
+                    row["sessions"],
+                    row["users"],
+                    row["pageviews"]
+                );
+            }
+        }
+        let report = Report::new(p);
+        let csv: String = (0..report.days())
+            .flat_map(|day| report.rows(day))
+            .map(|row| row.csv())
+            .collect();
+        assert_eq!(csv, expected);
+    }
 }

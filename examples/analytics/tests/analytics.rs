@@ -6,10 +6,7 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-#[allow(dead_code)]
-#[path = "../src/report.rs"]
-mod report;
-
+use analytics::report;
 use common::*;
 use serde_json::Value;
 use std::{
@@ -43,6 +40,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// The tasks copying stdout and stderr into `logs`; they end at EOF.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -58,24 +57,26 @@ impl Server {
             .spawn()
             .unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for out in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let logs = logs.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let mut logs = logs.lock().unwrap();
                     logs.push_str(&line);
                     logs.push('\n');
                 }
-            });
+            }));
         }
         let server = Server {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             logs,
+            readers,
         };
         until(|| server.logs().contains("listening on")).await;
         server
@@ -99,6 +100,11 @@ impl Server {
             .await
             .expect("the server did not exit within 30 s")
             .unwrap();
+        // Every line it wrote before exiting is in `logs` once both pipes
+        // reach their end.
+        for reader in self.readers.drain(..) {
+            within(reader).await.unwrap();
+        }
         status.code().expect("exited by a signal")
     }
 }
@@ -115,10 +121,10 @@ fn report_rows(name: &str, days: u32) -> Vec<Value> {
         report: name.into(),
         days,
     };
-    report::events(&params)
-        .into_iter()
-        .filter(|e| e.name == "result")
-        .flat_map(|e| e.data["rows"].as_array().unwrap().clone())
+    report::Report::new(params)
+        .events_from(0)
+        .filter(|(_, e)| e.name == "result")
+        .flat_map(|(_, e)| e.data["rows"].as_array().unwrap().clone())
         .collect()
 }
 
@@ -306,6 +312,82 @@ async fn bad_parameters_get_a_json_400() {
         let error: Value = serde_json::from_str(&body).unwrap();
         assert!(error["error"].as_str().unwrap().len() > 10, "{body}");
     }
+}
+
+#[tokio::test]
+async fn resuming_after_the_last_event_answers_204() {
+    let server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "0")]).await;
+    let path = "/api/v1/analytics/stream?report=done&days=9";
+    let mut events = sse(server.addr, path).await;
+    let all = rest(&mut events).await;
+    let last = all.last().unwrap();
+    assert_eq!(last.event, "complete");
+
+    // The report is complete: an EventSource that reconnects with the last
+    // id is told to stop (204), by header or by query parameter.
+    for (path, headers) in [
+        (path.to_owned(), vec![("last-event-id", last.id.as_str())]),
+        (format!("{path}&last_event_id={}", last.id), vec![]),
+    ] {
+        let mut all_headers = vec![("accept", "text/event-stream")];
+        all_headers.extend(headers);
+        let (res, _conn) = request_with(server.addr, &path, &all_headers).await;
+        assert_eq!(res.status(), 204, "{path}");
+        assert!(body_bytes(res.into_body()).await.is_empty());
+    }
+    // One before the last still streams the last event; one after is unknown.
+    let before = (last.id.parse::<usize>().unwrap() - 1).to_string();
+    let mut events = sse_with(server.addr, path, &[("last-event-id", &before)]).await;
+    let tail = rest(&mut events).await;
+    assert_eq!(tail.len(), 1);
+    assert_eq!(
+        (tail[0].id.as_str(), tail[0].data.as_str()),
+        (last.id.as_str(), last.data.as_str())
+    );
+    let after = (last.id.parse::<usize>().unwrap() + 1).to_string();
+    let (res, _conn) = request_with(server.addr, path, &[("last-event-id", &after)]).await;
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn the_realtime_stream_is_endless_numbered_and_drained() {
+    let mut server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "0")]).await;
+    let path = "/api/v1/analytics/realtime";
+
+    // A pace of 0: as fast as the client reads, far beyond one report.
+    let mut events = sse(server.addr, path).await;
+    for seq in 0..5_000u64 {
+        let event = next(&mut events).await;
+        assert_eq!(
+            (event.event.as_str(), event.id.as_str()),
+            ("realtime", &*seq.to_string())
+        );
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(data["seq"], seq);
+        let sum: u64 = data["sources"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(data["active_users"], sum);
+        assert!(sum > 0);
+    }
+
+    // A reconnect goes on after its Last-Event-ID; garbage is a 400.
+    let mut resumed = sse_with(server.addr, path, &[("last-event-id", "41")]).await;
+    assert_eq!(next(&mut resumed).await.id, "42");
+    let (res, _conn) = request_with(server.addr, path, &[("last-event-id", "x")]).await;
+    assert_eq!(res.status(), 400);
+
+    // Behind the drain layer: both streams get the notice and end.
+    server.signal("TERM");
+    for stream in [&mut events, &mut resumed] {
+        let tail = rest(stream).await;
+        assert_shutdown_event(tail.last().unwrap());
+        assert!(tail[..tail.len() - 1].iter().all(|e| e.event == "realtime"));
+    }
+    assert_eq!(server.exit_code().await, 0);
 }
 
 #[tokio::test]
