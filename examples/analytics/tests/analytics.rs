@@ -423,7 +423,8 @@ async fn browser_page_survives_a_restart() {
     let port = free_port();
     let env = [
         ("ANALYTICS_EVENT_INTERVAL_MS", "60"),
-        ("SHUTDOWN_RECONNECT_DELAY", "1"),
+        // Long enough to watch the countdown go down second by second.
+        ("SHUTDOWN_RECONNECT_DELAY", "3"),
     ];
     let mut first = Server::start(port, &env).await;
     let mut driver = Command::new("node")
@@ -480,9 +481,28 @@ async fn browser_page_survives_a_restart() {
         .map(|n| n.as_str().unwrap())
         .collect();
     assert!(
-        notices.contains(&"Server restarting, please reconnect in 1s"),
+        notices.contains(&"Server restarting, please reconnect in 3s"),
         "{notices:?}"
     );
+    // "back in N s" counts down, one second at a time.
+    let countdown: Vec<u64> = result["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| {
+            t.as_str()?
+                .strip_prefix("server restarting, back in ")?
+                .strip_suffix(" s")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(countdown.len() >= 3, "{countdown:?} in {}", result["texts"]);
+    assert!(
+        countdown.windows(2).all(|w| w[1] + 1 == w[0]),
+        "{countdown:?}"
+    );
+    assert_eq!(countdown.last(), Some(&1));
     let states: Vec<&str> = result["states"]
         .as_array()
         .unwrap()
@@ -502,4 +522,57 @@ async fn browser_page_survives_a_restart() {
         "every row exactly once, in order"
     );
     assert!(shots.join("analytics-restarting.png").exists());
+}
+
+/// The page in headless Chromium where the server says no: a bad report
+/// name and `days=0` show the server's 400 message and stop (no retry
+/// loop), the form's own check of the name works in Chromium, and a resume
+/// after the last event (204) shows the report complete and stops too.
+#[tokio::test]
+async fn browser_page_shows_a_refusal_and_stops() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "10")]).await;
+    let out = Command::new("node")
+        .arg(browser_dir.join("errors.mjs"))
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .expect("no RESULT line");
+
+    for (case, message) in [
+        (
+            "badReport",
+            r#"report must be 1 to 64 letters, digits, '-' or '_', got "a b""#,
+        ),
+        (
+            "zeroDays",
+            r#"days must be a whole number from 1 to 365, got "0""#,
+        ),
+    ] {
+        let shown = &result[case];
+        assert_eq!(shown["state"], "failed", "{case}: {shown}");
+        assert_eq!(shown["stateText"], "failed: 400", "{case}: {shown}");
+        assert_eq!(shown["notice"], message, "{case}: {shown}");
+        // The EventSource's request and the page's one look at the status.
+        assert_eq!(shown["requests"], 2, "{case}: {shown}");
+        assert_eq!(shown["reconnects"], 0, "{case}: {shown}");
+    }
+    assert_eq!(
+        result["pattern"],
+        serde_json::json!({ "spaced": false, "dotted": false, "plain": true })
+    );
+    let after = &result["afterLast"];
+    assert_eq!(after["lastEventId"], "3", "{after}"); // the `complete` of 2 days
+    assert_eq!(after["state"], "complete", "{after}");
+    assert_eq!(after["notice"], "Report complete.", "{after}");
+    assert_eq!(after["requests"], 2, "{after}");
+    assert_eq!(after["reconnects"], 0, "{after}");
 }
