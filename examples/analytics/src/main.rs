@@ -86,6 +86,10 @@ async fn run() -> Result<(), StartError> {
         .install_recorder()
         .map_err(|e| StartError(1, format!("cannot install the metrics recorder: {e}")))?;
     tracing::info!(?config, "configuration");
+    match raise_fd_limit() {
+        Ok(limit) => tracing::info!("open files limit: {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
 
     let drain = DrainHandle::new(config);
     let state = AppState {
@@ -176,11 +180,11 @@ async fn stream_report(
     let start = match last_event_id(&query, &headers) {
         None => 0,
         Some(id) => match id.parse::<usize>() {
-            Ok(id) if id < report.len() => id + 1,
+            Ok(id) if id < report.event_count() => id + 1,
             _ => return Err(BadRequest(format!("unknown Last-Event-ID {id:?}"))),
         },
     };
-    if start == report.len() {
+    if start == report.event_count() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     tracing::debug!(?report, start, "report stream");
@@ -325,4 +329,28 @@ fn pod_name() -> String {
         .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Raises the soft limit on open files to the hard limit and returns it:
+/// every stream holds a socket, and the usual soft limit of 1,024 would
+/// refuse connections long before memory runs out (the hard limit is often
+/// far higher; Go's runtime raises it the same way at start).
+fn raise_fd_limit() -> std::io::Result<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
 }

@@ -98,8 +98,8 @@ impl Report {
         Self { params }
     }
 
-    /// The number of events; ids run from 0 to `len() - 1`.
-    pub fn len(&self) -> usize {
+    /// The number of events; ids run from 0 to `event_count() - 1`.
+    pub fn event_count(&self) -> usize {
         let days = self.params.days as usize;
         // The start, the days, a status after every 7 days but the last, the end.
         1 + days + (days - 1) / STATUS_EVERY as usize + 1
@@ -108,7 +108,8 @@ impl Report {
     /// The events from index `start` on, each with its id, computed one at
     /// a time as the iterator is advanced.
     pub fn events_from(self, start: usize) -> impl Iterator<Item = (usize, ReportEvent)> {
-        (start..self.len()).map(move |id| (id, self.event(id).expect("id below len")))
+        (start..self.event_count())
+            .map(move |id| (id, self.event(id).expect("id below event_count")))
     }
 
     /// The event with this id, or `None` past the end.
@@ -150,7 +151,7 @@ impl Report {
     /// Where index `id` falls: after the start, the days come in blocks of
     /// 7 results and 1 status.
     fn slot(&self, id: usize) -> Option<Slot> {
-        let len = self.len();
+        let len = self.event_count();
         if id >= len {
             return None;
         }
@@ -313,7 +314,7 @@ mod tests {
             let p = params("resume", days);
             let full = eager_events(&p);
             let report = Report::new(p);
-            assert_eq!(report.len(), full.len(), "days={days}");
+            assert_eq!(report.event_count(), full.len(), "days={days}");
             // Resuming after each id, as Last-Event-ID does, and from the start.
             for start in 0..=full.len() {
                 let rest: Vec<(usize, ReportEvent)> = report.clone().events_from(start).collect();
