@@ -194,12 +194,7 @@ async fn stream_report(
             if name != "status" {
                 pause(pace).await;
             }
-            Ok::<_, Infallible>(
-                Event::default()
-                    .id(id.to_string())
-                    .event(name)
-                    .data(data.to_string()),
-            )
+            Ok::<_, Infallible>(Event::default().id(id.to_string()).event(name).data(data))
         },
     );
     Ok(Sse::new(stream).keep_alive(keep_alive()).into_response())

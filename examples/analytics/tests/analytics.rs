@@ -124,7 +124,10 @@ fn report_rows(name: &str, days: u32) -> Vec<Value> {
     report::Report::new(params)
         .events_from(0)
         .filter(|(_, e)| e.name == "result")
-        .flat_map(|(_, e)| e.data["rows"].as_array().unwrap().clone())
+        .flat_map(|(_, e)| {
+            let data: Value = serde_json::from_str(&e.data).unwrap();
+            data["rows"].as_array().unwrap().clone()
+        })
         .collect()
 }
 
