@@ -23,7 +23,9 @@
 //! Options: `--clients N[,N...]` (1000,10000), `--interval-ms MS` (1000: the
 //! example's `ANALYTICS_EVENT_INTERVAL_MS`, one day of rows per stream per
 //! interval), `--hold S` (5: seconds of streaming before SIGTERM),
-//! `--rounds R` (1: each round runs both servers, alternating which first).
+//! `--rounds R` (1: each round runs both servers, alternating which first),
+//! `--example-bin PATH` (another build of the example, e.g. an older
+//! commit's, in place of this one's).
 //! Needs about N + 300 file descriptors in each process; each raises its
 //! soft limit itself.
 
@@ -53,6 +55,8 @@ use tower_graceful_sse::{Config, DrainHandle};
 const PATH: &str = "/api/v1/analytics/stream?report=traffic&days=365";
 
 struct Args {
+    /// The example's binary: this build's, or another (say an older commit's).
+    example: std::path::PathBuf,
     clients: Vec<usize>,
     interval_ms: u64,
     hold: Duration,
@@ -62,6 +66,7 @@ struct Args {
 impl Args {
     fn parse() -> Self {
         let mut args = Self {
+            example: env!("CARGO_BIN_EXE_analytics").into(),
             clients: vec![1_000, 10_000],
             interval_ms: 1_000,
             hold: Duration::from_secs(5),
@@ -84,9 +89,10 @@ impl Args {
                 "--interval-ms" => args.interval_ms = number(&key, &value()),
                 "--hold" => args.hold = Duration::from_secs(number(&key, &value())),
                 "--rounds" => args.rounds = number(&key, &value()),
+                "--example-bin" => args.example = value().into(),
                 "--bench" => {} // passed by `cargo bench`
                 other => fail(&format!(
-                    "unknown option {other:?}; options: --clients N[,N...] --interval-ms MS --hold S --rounds R"
+                    "unknown option {other:?}; options: --clients N[,N...] --interval-ms MS --hold S --rounds R --example-bin PATH"
                 )),
             }
         }
@@ -140,7 +146,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let events = capture(args.interval_ms).await;
+        let events = capture(&args).await;
         println!(
             "captured the report from the example: {} events, {} bytes",
             events.1,
@@ -181,8 +187,8 @@ fn main() {
 /// Runs the example once with `ANALYTICS_EVENT_INTERVAL_MS=0` and keeps the
 /// whole report as the baseline will serve it: a file of `id`, `event` and
 /// `data` lines. Returns the file, the number of events and their size.
-async fn capture(interval_ms: u64) -> (std::path::PathBuf, usize, usize) {
-    let mut server = start(Variant::Example, 0, None).await;
+async fn capture(args: &Args) -> (std::path::PathBuf, usize, usize) {
+    let mut server = start(Variant::Example, &args.example, 0, None).await;
     let (res, _conn) = swarm::get_once(server.addr, PATH, "text/event-stream")
         .await
         .unwrap();
@@ -213,7 +219,7 @@ async fn capture(interval_ms: u64) -> (std::path::PathBuf, usize, usize) {
         count += 1;
     }
     let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("scale-events-{interval_ms}.txt"));
+        .join(format!("scale-events-{}.txt", std::process::id()));
     std::fs::write(&path, out).unwrap();
     (path, count, body.len())
 }
@@ -224,14 +230,19 @@ struct Server {
 }
 
 /// Starts a server and waits until it answers `/healthz/live`.
-async fn start(variant: Variant, interval_ms: u64, events: Option<&std::path::Path>) -> Server {
+async fn start(
+    variant: Variant,
+    example: &std::path::Path,
+    interval_ms: u64,
+    events: Option<&std::path::Path>,
+) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let mut command = match variant {
-        Variant::Example => Command::new(env!("CARGO_BIN_EXE_analytics")),
+        Variant::Example => Command::new(example),
         Variant::Baseline => {
             let mut c = Command::new(std::env::current_exe().unwrap());
             c.env("SCALE_BASELINE", events.unwrap());
@@ -276,7 +287,7 @@ fn rss(pid: u32) -> Option<(u64, u64)> {
 }
 
 async fn run(variant: Variant, n: usize, args: &Args, events: &std::path::Path) -> Run {
-    let mut server = start(variant, args.interval_ms, Some(events)).await;
+    let mut server = start(variant, &args.example, args.interval_ms, Some(events)).await;
     let pid = server.child.id().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss(pid).unwrap().0;
@@ -368,12 +379,17 @@ fn print_table(args: &Args, results: &[(usize, Vec<(Variant, Run)>)]) {
                 m(&|r| r.p99_ms),
                 m(&|r| r.max_ms),
             );
-            let notified: Vec<String> = of(variant)
+            let mut notified: Vec<String> = of(variant)
                 .map(|r| format!("{}/{}", r.notified, r.connected))
                 .collect();
-            let exits: Vec<String> = of(variant)
+            let mut exits: Vec<String> = of(variant)
                 .map(|r| r.exit.map_or("none".into(), |c| c.to_string()))
                 .collect();
+            for list in [&mut notified, &mut exits] {
+                if list.len() > 1 && list.iter().all(|x| *x == list[0]) {
+                    *list = vec![format!("{} (each)", list[0])];
+                }
+            }
             println!(
                 "| {n} | {name} | {} | {:.1} MB | {:.1} KB | {p50:.0} / {p99:.0} ms ({max:.0}) | {} |",
                 notified.join(", "),
@@ -384,8 +400,16 @@ fn print_table(args: &Args, results: &[(usize, Vec<(Variant, Run)>)]) {
             rows.push((per, p99));
         }
         let ((per, p99), (_, base_p99)) = (rows[0], rows[1]);
+        // Each round's example run against the same round's baseline run.
+        let paired = median(
+            of(Variant::Example)
+                .zip(of(Variant::Baseline))
+                .map(|(e, b)| e.p99_ms / b.p99_ms)
+                .collect(),
+        );
         verdicts.push(format!(
-            "N={n}: example {:.1} KB/stream (target <= 40 KB: {}), notice p99 {:.2}x the baseline's (target <= 1.5x: {})",
+            "N={n}: example {:.1} KB/stream (target <= 40 KB: {}); notice p99 {:.2}x the baseline's \
+             (median of the rounds' ratios {paired:.2}x; target <= 1.5x: {})",
             per / 1e3,
             if per <= 40e3 { "met" } else { "not met" },
             p99 / base_p99,
