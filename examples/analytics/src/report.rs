@@ -75,7 +75,7 @@ pub struct Row {
 }
 
 /// The report, in order: a `status` to start, one `result` per day (with a
-/// `status` after every [`STATUS_EVERY`] days but the last), and a final
+/// `status` after every 7 days but the last), and a final
 /// `complete` with totals. Holds only its parameters: every event is
 /// computed when asked for.
 #[derive(Clone, Debug)]
