@@ -101,7 +101,10 @@ async fn run() -> Result<(), StartError> {
         .await
         .map_err(|e| StartError(1, format!("cannot listen on {addr}: {e}")))?;
     tracing::info!("listening on http://{addr}/");
-    axum::serve(listener, app(state))
+    // `drain.listener`: at the drain's deadline (grace period + linger), the
+    // connections still open are closed, so a client that stopped reading
+    // cannot keep the process alive until Kubernetes kills it.
+    axum::serve(drain.listener(listener), app(state))
         .with_graceful_shutdown(shutdown(drain))
         .await
         .map_err(|e| StartError(1, format!("server error: {e}")))?;
@@ -127,7 +130,8 @@ fn app(state: AppState) -> Router {
 }
 
 /// Waits for SIGTERM or SIGINT, then drains; resolving lets `axum::serve`
-/// finish, which it does as soon as the drained connections have closed.
+/// finish, which it does as soon as the drained connections have closed, and
+/// at the latest at the drain's deadline.
 async fn shutdown(drain: DrainHandle) {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -393,6 +393,92 @@ async fn the_realtime_stream_is_endless_numbered_and_drained() {
     assert_eq!(server.exit_code().await, 0);
 }
 
+/// The endless stream's worst client: 20 readers of `/realtime` (as fast as
+/// they read) that stop reading after the response head, sockets open and
+/// buffers full. SIGTERM with a 2 s grace period: the process still exits 0
+/// within 4 s, because `DrainHandle::listener` closes their connections at
+/// the deadline (grace + 1 s linger). Without it, it never exits.
+#[tokio::test]
+async fn stalled_readers_of_the_realtime_stream_cannot_hold_the_process() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = Server::start(
+        free_port(),
+        &[
+            ("ANALYTICS_EVENT_INTERVAL_MS", "0"),
+            ("SHUTDOWN_GRACE_PERIOD", "2"),
+        ],
+    )
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET /api/v1/analytics/realtime HTTP/1.1\r\nhost: test\r\n\
+                  accept: text/event-stream\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut head = [0; 64];
+        let n = within(stream.read(&mut head)).await.unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+        stalled.push(stream); // and never read again
+    }
+    // At a pace of 0 their events fill the kernel's send buffers (which grow
+    // to a few MB each) and then hyper's: wait until the bytes queued on the
+    // server's sockets stop growing, so that the server is truly stuck.
+    let queued = || {
+        let port = format!(":{:04X} ", server.addr.port());
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with(&port[..5]))
+            })
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(4)?
+                    .split(':')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .map(|tx| u64::from_str_radix(&tx, 16).unwrap())
+            .sum::<u64>()
+    };
+    let mut last = 0;
+    let mut still = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while still < 3 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = queued();
+            still = if now == last && now > 0 { still + 1 } else { 0 };
+            last = now;
+        }
+    })
+    .await
+    .expect("the stalled sockets never filled up");
+    eprintln!("{last} bytes queued on the server's side of the stalled sockets");
+
+    let sigterm = Instant::now();
+    server.signal("TERM");
+    let code = tokio::time::timeout(Duration::from_secs(4), server.exit_code())
+        .await
+        .unwrap_or_else(|_| panic!("still running 4 s after SIGTERM:\n{}", server.logs()));
+    let took = sigterm.elapsed();
+    assert_eq!(code, 0, "{}", server.logs());
+    eprintln!("20 stalled readers: exit 0 {took:?} after SIGTERM");
+    assert!(
+        took >= Duration::from_secs(2),
+        "exited before the grace period: {took:?}"
+    );
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn a_second_sigint_exits_at_once() {
     let mut server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "100")]).await;
