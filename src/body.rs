@@ -14,7 +14,7 @@ use std::{
     pin::Pin,
     task::{Context, Poll, Waker},
 };
-use tokio::sync::futures::OwnedNotified;
+use tokio::{sync::futures::OwnedNotified, time::Sleep};
 
 pin_project! {
     /// The response body of [`GracefulSse`](crate::GracefulSse): the inner
@@ -92,12 +92,27 @@ impl Waiter {
 #[derive(Default)]
 struct Splice {
     boundary: Boundary,
-    notified: bool,
+    progress: Progress,
     /// The notice went in after a CR: an LF opening the next chunk ends that
     /// CR's line and must not be read as a blank line after the notice.
     skip_lf: bool,
     /// The part of a chunk after the boundary where the notice goes.
     rest: Option<Bytes>,
+}
+
+/// How far one stream's notice has got.
+#[derive(Default)]
+enum Progress {
+    /// The stream has not seen the drain yet.
+    #[default]
+    Before,
+    /// Its moment in the notice window is ahead: it streams on untouched,
+    /// and the timer wakes it then.
+    Waiting(Pin<Box<Sleep>>),
+    /// Due: the notice goes in at the next event boundary.
+    Due,
+    /// Sent.
+    Sent,
 }
 
 impl<B> GracefulBody<B> {
@@ -146,7 +161,12 @@ where
             };
             let phase = shared.phase();
             if Shared::is_draining(phase) {
-                if let Some(frame) = splice.as_mut().and_then(|s| s.notice(shared)) {
+                let notice = splice.as_mut().and_then(|s| {
+                    let guard = guard.as_ref()?;
+                    s.schedule(guard, phase, cx);
+                    s.notice(guard)
+                });
+                if let Some(frame) = notice {
                     if shared.config.end_after_notice || Shared::is_forced(phase) {
                         end(guard, wait);
                     }
@@ -254,17 +274,38 @@ fn end(guard: &mut Option<Guard>, wait: &mut Option<Pin<Box<Waiter>>>) {
 }
 
 impl Splice {
-    /// The shutdown frame, if it is due here: draining, not yet sent, and the
+    /// Moves the notice on while draining: draws the stream's moment in the
+    /// notice window when it first sees the drain, and makes the notice due
+    /// once that moment has come (the timer is polled, so it wakes this
+    /// task) or the grace period has run out.
+    fn schedule(&mut self, guard: &Guard, phase: usize, cx: &mut Context<'_>) {
+        if let Progress::Before = self.progress {
+            self.progress = match guard.shared().notice_due(guard.priority()) {
+                Some(at) => Progress::Waiting(Box::pin(tokio::time::sleep_until(at))),
+                None => Progress::Due,
+            };
+        }
+        if let Progress::Waiting(sleep) = &mut self.progress {
+            if Shared::is_forced(phase) || sleep.as_mut().poll(cx).is_ready() {
+                self.progress = Progress::Due;
+            }
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        matches!(self.progress, Progress::Due)
+    }
+
+    /// The shutdown frame, if it is due here: due, not yet sent, and the
     /// stream stands at an event boundary.
-    fn notice(&mut self, shared: &Shared) -> Option<Bytes> {
-        if self.notified || !self.boundary.is_boundary() {
+    fn notice(&mut self, guard: &Guard) -> Option<Bytes> {
+        if !self.is_due() || !self.boundary.is_boundary() {
             return None;
         }
-        self.notified = true;
+        self.progress = Progress::Sent;
         self.skip_lf = self.boundary.after_cr();
         self.boundary = Boundary::default();
-        shared.count_notified();
-        Some(shared.frame().clone())
+        Some(guard.shared().notice(guard.priority()))
     }
 
     /// Tracks a data chunk of a draining body and returns what to send now.
@@ -281,7 +322,7 @@ impl Splice {
         }
         let before = self.boundary;
         match self.boundary.advance(&data) {
-            Some(at) if !self.notified && at < data.len() => {
+            Some(at) if self.is_due() && at < data.len() => {
                 self.boundary = before;
                 self.boundary.advance(&data[..at]);
                 self.rest = Some(data.split_off(at));
@@ -305,7 +346,12 @@ impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
                 .field("inner", body)
                 .field("ended", &guard.is_none())
                 .field("sse", &splice.is_some())
-                .field("notified", &splice.as_ref().is_some_and(|s| s.notified))
+                .field(
+                    "notified",
+                    &splice
+                        .as_ref()
+                        .is_some_and(|s| matches!(s.progress, Progress::Sent)),
+                )
                 .finish(),
             Kind::Full { chunk } => f
                 .debug_struct("GracefulBody")

@@ -1,6 +1,6 @@
 //! The drain: the future of its report, and the task that runs it.
 
-use crate::{DrainReport, metrics, shared::Shared, sse};
+use crate::{DrainReport, metrics, schedule::Plan, shared::Shared};
 use std::{
     fmt,
     future::Future,
@@ -67,15 +67,17 @@ impl Shared {
         // to run it would never end.
         let runtime = tokio::runtime::Handle::try_current()
             .expect("DrainHandle::drain must first be called inside a Tokio runtime");
-        // Whoever sees `DRAINING` finds the frame: it is set first.
-        self.frame.get_or_init(|| {
-            sse::shutdown_frame(
-                &self.config.message_text(),
-                self.config.reconnect_delay,
+        // Whoever sees `DRAINING` finds the frame and the schedule: they are
+        // set first.
+        let plan = self.plan.get_or_init(|| {
+            Plan::new(
+                &self.config,
+                self.open_by_priority(),
+                Instant::now(),
                 SystemTime::now(),
             )
         });
-        let started = Instant::now();
+        let started = plan.started;
         let Some(in_flight) = self.state.start_drain() else {
             return; // started by an earlier call
         };
@@ -116,10 +118,14 @@ impl Shared {
                 ),
             }
         };
+        let notices = self.log.snapshot();
         let report = DrainReport {
             in_flight,
             sse_streams,
-            notified: self.notified.load(Ordering::Acquire),
+            notified: notices.by_priority.iter().sum(),
+            notified_by_priority: notices.by_priority,
+            first_notice: notices.first_last.map(|(first, _)| Duration::from_nanos(first)),
+            last_notice: notices.first_last.map(|(_, last)| Duration::from_nanos(last)),
             closed: in_flight.saturating_sub(force_closed),
             force_closed,
             rejected: self.rejected.load(Ordering::Acquire),

@@ -34,7 +34,18 @@ pub struct DrainHandle {
 
 impl DrainHandle {
     /// A handle with the given settings; no drain has started.
+    ///
+    /// # Panics
+    ///
+    /// If the settings do not fit together (a notice window that does not end
+    /// before the grace period), with the message of
+    /// [`Config::validate`], which says which: a mistake in the code that
+    /// builds the settings, found at start-up rather than at the drain.
+    /// [`Config::from_env`] already returns that error for the environment.
     pub fn new(config: Config) -> Self {
+        if let Err(err) = config.validate() {
+            panic!("{err}");
+        }
         metrics::describe();
         Self {
             shared: Arc::new(Shared::new(config)),
