@@ -260,13 +260,15 @@ pub(crate) fn whole_seconds_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// `30` for whole seconds, `1.5` otherwise.
+/// `30` for whole seconds, `1.5` otherwise: exact, in decimal (a float would
+/// write 30.798 s as `30.798000000000002`), and a valid JSON number.
 pub(crate) fn seconds(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        d.as_secs().to_string()
-    } else {
-        d.as_secs_f64().to_string()
+    let nanos = d.subsec_nanos();
+    if nanos == 0 {
+        return d.as_secs().to_string();
     }
+    let fraction = format!("{nanos:09}");
+    format!("{}.{}", d.as_secs(), fraction.trim_end_matches('0'))
 }
 
 /// Reads a duration in seconds from the environment, if the variable is set.
@@ -396,6 +398,17 @@ mod tests {
             "Server restarting, please reconnect in 2.5s"
         );
         assert_eq!(whole_seconds_up(config.reconnect_delay), 3);
+    }
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        let s = |ms| seconds(Duration::from_millis(ms));
+        assert_eq!(s(30_000), "30");
+        assert_eq!(s(30_798), "30.798");
+        assert_eq!(s(2_500), "2.5");
+        assert_eq!(s(1), "0.001");
+        assert_eq!(seconds(Duration::from_nanos(1_000_500_000)), "1.0005");
+        assert_eq!(seconds(Duration::from_nanos(100)), "0.0000001");
     }
 
     #[test]

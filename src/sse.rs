@@ -52,10 +52,9 @@ enum Piece {
     Text(Box<str>),
     /// `retry:` in milliseconds.
     Millis,
-    /// The delay in seconds as the message says it: `30`, `37.215`.
-    MessageSeconds,
-    /// The delay in seconds as a JSON number.
-    JsonSeconds,
+    /// The delay in seconds, in the message and as a JSON number: `30`,
+    /// `37.215`.
+    Seconds,
 }
 
 impl NoticeFrame {
@@ -76,7 +75,7 @@ impl NoticeFrame {
                 let head = json(head);
                 let tail = json(tail);
                 pieces.push(Piece::Text(head[..head.len() - 1].into()));
-                pieces.push(Piece::MessageSeconds);
+                pieces.push(Piece::Seconds);
                 pieces.push(Piece::Text(tail[1..].into()));
             }
         }
@@ -88,7 +87,7 @@ impl NoticeFrame {
                 )
                 .into(),
             ),
-            Piece::JsonSeconds,
+            Piece::Seconds,
             Piece::Text("}\n\n".into()),
         ]);
         let mut frame = Self {
@@ -112,8 +111,7 @@ impl NoticeFrame {
             match piece {
                 Piece::Text(text) => out.extend_from_slice(text.as_bytes()),
                 Piece::Millis => out.extend_from_slice(delay.as_millis().to_string().as_bytes()),
-                Piece::MessageSeconds => out.extend_from_slice(seconds(delay).as_bytes()),
-                Piece::JsonSeconds => out.extend_from_slice(json_seconds(delay).as_bytes()),
+                Piece::Seconds => out.extend_from_slice(seconds(delay).as_bytes()),
             }
         }
         out.freeze()
@@ -125,14 +123,6 @@ fn json(text: &str) -> String {
     serde_json::Value::from(text).to_string()
 }
 
-/// `30` for whole seconds, a JSON fraction (`37.215`) otherwise.
-fn json_seconds(delay: Duration) -> String {
-    if delay.subsec_nanos() == 0 {
-        delay.as_secs().to_string()
-    } else {
-        serde_json::Value::from(delay.as_secs_f64()).to_string()
-    }
-}
 
 /// Formats a time as ISO 8601 UTC with milliseconds: `2025-01-02T13:00:00.000Z`.
 pub(crate) fn iso8601_millis(time: SystemTime) -> String {

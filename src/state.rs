@@ -123,7 +123,7 @@ impl NoticeLog {
         Self {
             first: AtomicU64::new(u64::MAX),
             last: AtomicU64::new(0),
-            by_priority: [const { AtomicUsize::new(0) }; 3],
+            by_priority: std::array::from_fn(|_| AtomicUsize::new(0)),
         }
     }
 

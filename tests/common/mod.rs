@@ -25,8 +25,11 @@ pub fn assert_shutdown_event(event: &Event) {
     );
     let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
     assert_eq!(data["type"], "shutdown");
-    let delay = data["reconnect_delay"].as_f64().unwrap();
-    assert_eq!(Duration::from_secs_f64(delay), retry);
+    let delay = &data["reconnect_delay"];
+    assert_eq!(
+        (delay.as_f64().unwrap() * 1000.0).round() as u128,
+        retry.as_millis()
+    );
     assert_eq!(
         data["message"],
         format!("Server restarting, please reconnect in {delay}s")
