@@ -353,6 +353,8 @@ async fn browser_page_survives_a_restart() {
     let env = [
         ("ANALYTICS_EVENT_INTERVAL_MS", "60"),
         ("SHUTDOWN_RECONNECT_DELAY", "1"),
+        // Exactly 1 s, so that the page's notice reads as asserted below.
+        ("SHUTDOWN_RECONNECT_JITTER", "0"),
     ];
     let mut first = Server::start(port, &env).await;
     let mut driver = Command::new("node")
