@@ -97,7 +97,9 @@ struct Splice {
     /// CR's line and must not be read as a blank line after the notice.
     skip_lf: bool,
     /// The part of a chunk after the boundary where the notice goes.
-    rest: Option<Bytes>,
+    /// Boxed: it exists only during the drain, and inline it would make
+    /// every stream's body 24 bytes bigger.
+    rest: Option<Box<Bytes>>,
 }
 
 /// How far one stream's notice has got.
@@ -183,7 +185,7 @@ where
                     return Poll::Ready(Some(Err(DrainDeadline::boxed())));
                 }
                 if let Some(s) = splice.as_mut() {
-                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(rest)) {
+                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(*rest)) {
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
                 }
@@ -278,6 +280,10 @@ impl Splice {
     /// notice window when it first sees the drain, and makes the notice due
     /// once that moment has come (the timer is polled, so it wakes this
     /// task) or the grace period has run out.
+    ///
+    /// Out of line, as is [`notice`](Self::notice): they run only while
+    /// draining, and inlined they would make the hot path's code bigger.
+    #[inline(never)]
     fn schedule(&mut self, guard: &Guard, phase: usize, cx: &mut Context<'_>) {
         if let Progress::Before = self.progress {
             self.progress = match guard.shared().notice_due(guard.priority()) {
@@ -298,6 +304,7 @@ impl Splice {
 
     /// The shutdown frame, if it is due here: due, not yet sent, and the
     /// stream stands at an event boundary.
+    #[inline(never)]
     fn notice(&mut self, guard: &Guard) -> Option<Bytes> {
         if !self.is_due() || !self.boundary.is_boundary() {
             return None;
@@ -325,7 +332,7 @@ impl Splice {
             Some(at) if self.is_due() && at < data.len() => {
                 self.boundary = before;
                 self.boundary.advance(&data[..at]);
-                self.rest = Some(data.split_off(at));
+                self.rest = Some(Box::new(data.split_off(at)));
                 Some(data)
             }
             _ => Some(data),
@@ -358,5 +365,23 @@ impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
                 .field("chunk", chunk)
                 .finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open stream holds one: axum boxes it, so its size is heap per
+    /// stream. The notice's progress (with its timer) and the cut chunk's
+    /// rest, both used only during the drain, must not make it grow.
+    #[test]
+    fn body_stays_small() {
+        assert!(size_of::<Splice>() <= 32, "{}", size_of::<Splice>());
+        assert!(
+            size_of::<GracefulBody<http_body_util::Empty<Bytes>>>() <= 64,
+            "{}",
+            size_of::<GracefulBody<http_body_util::Empty<Bytes>>>()
+        );
     }
 }

@@ -187,6 +187,12 @@ impl Config {
     /// load of clients that reconnect at once whatever `retry:` says, and lets
     /// high-priority streams keep their server longest.
     ///
+    /// Why no window by default: the [jitter](Self::reconnect_jitter) alone
+    /// already spreads clients that honour `retry:`, and a default window
+    /// would lengthen every drain (and every rolling update) by itself, and
+    /// turn any `SHUTDOWN_GRACE_PERIOD` at or under it into a configuration
+    /// error for users who set nothing else.
+    ///
     /// [`DrainPriority`]: crate::DrainPriority
     pub fn notice_window(mut self, notice_window: Duration) -> Self {
         self.notice_window = notice_window;
