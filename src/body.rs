@@ -144,6 +144,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
+    // Inlined where the server polls it directly (it was, by itself, until
+    // the notice's schedule made it bigger): the path before the drain then
+    // costs what it did.
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
