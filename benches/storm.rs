@@ -53,9 +53,17 @@ use tower_graceful_sse::{Config, DrainHandle};
 
 /// The three settings compared: name, jitter, window.
 const SETTINGS: [(&str, Option<Duration>, Duration); 3] = [
-    ("synchronized (jitter 0, window 0)", Some(Duration::ZERO), Duration::ZERO),
+    (
+        "synchronized (jitter 0, window 0)",
+        Some(Duration::ZERO),
+        Duration::ZERO,
+    ),
     ("defaults (jitter 15 s, window 0)", None, Duration::ZERO),
-    ("window 10 s (and jitter 15 s)", None, Duration::from_secs(10)),
+    (
+        "window 10 s (and jitter 15 s)",
+        None,
+        Duration::from_secs(10),
+    ),
 ];
 
 fn main() {

@@ -258,7 +258,12 @@ const DEFAULT_JITTER: Duration = Duration::from_secs(15);
 
 /// The default message for a delay.
 pub(crate) fn default_message(delay: Duration) -> String {
-    format!("{}{}{}", DEFAULT_MESSAGE.0, seconds(delay), DEFAULT_MESSAGE.1)
+    format!(
+        "{}{}{}",
+        DEFAULT_MESSAGE.0,
+        seconds(delay),
+        DEFAULT_MESSAGE.1
+    )
 }
 
 /// `Retry-After` wants whole seconds: round up so nobody comes back early.
@@ -431,15 +436,19 @@ mod tests {
         assert_eq!(config(19_999, 20_000), Ok(()));
         assert_eq!(
             config(20_000, 20_000),
-            Err("invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, \
+            Err(
+                "invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, \
                  SHUTDOWN_GRACE_PERIOD=\"20\"; make the window shorter or the grace period longer"
-                .into())
+                    .into()
+            )
         );
         assert_eq!(
             config(2500, 500),
-            Err("invalid SHUTDOWN_NOTICE_WINDOW=\"2.5\": must end before the grace period, \
+            Err(
+                "invalid SHUTDOWN_NOTICE_WINDOW=\"2.5\": must end before the grace period, \
                  SHUTDOWN_GRACE_PERIOD=\"0.5\"; make the window shorter or the grace period longer"
-                .into())
+                    .into()
+            )
         );
         assert!(Config::default().validate().is_ok());
     }

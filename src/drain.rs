@@ -124,8 +124,12 @@ impl Shared {
             sse_streams,
             notified: notices.by_priority.iter().sum(),
             notified_by_priority: notices.by_priority,
-            first_notice: notices.first_last.map(|(first, _)| Duration::from_nanos(first)),
-            last_notice: notices.first_last.map(|(_, last)| Duration::from_nanos(last)),
+            first_notice: notices
+                .first_last
+                .map(|(first, _)| Duration::from_nanos(first)),
+            last_notice: notices
+                .first_last
+                .map(|(_, last)| Duration::from_nanos(last)),
             closed: in_flight.saturating_sub(force_closed),
             force_closed,
             rejected: self.rejected.load(Ordering::Acquire),

@@ -7,11 +7,7 @@
 //! seed (splitmix64): no per-stream state before the drain, no lock, and a
 //! seeded drain gives the same values in the same order.
 
-use crate::{
-    Config, DrainPriority,
-    config::whole_seconds_up,
-    sse::NoticeFrame,
-};
+use crate::{Config, DrainPriority, config::whole_seconds_up, sse::NoticeFrame};
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
@@ -42,7 +38,12 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// `open` is the number of open SSE streams of each priority.
-    pub(crate) fn new(config: &Config, open: [usize; 3], started: Instant, now: SystemTime) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        open: [usize; 3],
+        started: Instant,
+        now: SystemTime,
+    ) -> Self {
         Self {
             started,
             seed: config.seed.unwrap_or_else(random_seed),
@@ -162,7 +163,10 @@ mod tests {
         for d in &delays {
             per_second[(d.as_secs() - 30) as usize] += 1;
         }
-        assert!(per_second[..10].iter().all(|&n| (850..1150).contains(&n)), "{per_second:?}");
+        assert!(
+            per_second[..10].iter().all(|&n| (850..1150).contains(&n)),
+            "{per_second:?}"
+        );
         // The same seed gives the same delays; another seed others.
         let b = plan(&config, [0, 1, 0]);
         assert!((0..100).all(|i| a.delay(Draw::Notice, i) == b.delay(Draw::Notice, i)));
@@ -181,7 +185,11 @@ mod tests {
         let plan = plan(&config, [0, 0, 0]);
         let seen: std::collections::BTreeSet<u64> =
             (0..1000).map(|i| plan.retry_after(i)).collect();
-        assert_eq!(seen, [30, 31, 32, 33].into(), "30 only for a delay of exactly 30 s");
+        assert_eq!(
+            seen,
+            [30, 31, 32, 33].into(),
+            "30 only for a delay of exactly 30 s"
+        );
         for i in 0..1000 {
             let delay = plan.delay(Draw::Rejection, i);
             assert!(Duration::from_secs(plan.retry_after(i)) >= delay);
@@ -201,9 +209,18 @@ mod tests {
     fn bands_follow_priority_and_share_of_streams() {
         let w = Duration::from_secs(12);
         let s = Duration::from_secs;
-        assert_eq!(bands(w, [0, 10, 0]), [(s(0), s(0)), (s(0), s(12)), (s(12), s(0))]);
-        assert_eq!(bands(w, [1, 2, 1]), [(s(0), s(3)), (s(3), s(6)), (s(9), s(3))]);
-        assert_eq!(bands(w, [0, 0, 0]), [(s(0), s(0)), (s(0), s(12)), (s(12), s(0))]);
+        assert_eq!(
+            bands(w, [0, 10, 0]),
+            [(s(0), s(0)), (s(0), s(12)), (s(12), s(0))]
+        );
+        assert_eq!(
+            bands(w, [1, 2, 1]),
+            [(s(0), s(3)), (s(3), s(6)), (s(9), s(3))]
+        );
+        assert_eq!(
+            bands(w, [0, 0, 0]),
+            [(s(0), s(0)), (s(0), s(12)), (s(12), s(0))]
+        );
         assert_eq!(bands(Duration::ZERO, [1, 2, 1]), [(s(0), s(0)); 3]);
     }
 
@@ -215,7 +232,11 @@ mod tests {
             .seed(3);
         let plan = plan(&config, [100, 100, 100]);
         let plan = &plan;
-        let slots = |p| (0..100).map(move |i| plan.slot(p, i).unwrap()).collect::<Vec<_>>();
+        let slots = |p| {
+            (0..100)
+                .map(move |i| plan.slot(p, i).unwrap())
+                .collect::<Vec<_>>()
+        };
         let (low, normal, high) = (
             slots(DrainPriority::Low),
             slots(DrainPriority::Normal),
@@ -224,9 +245,15 @@ mod tests {
         let max = |v: &[Duration]| *v.iter().max().unwrap();
         let min = |v: &[Duration]| *v.iter().min().unwrap();
         assert!(max(&low) < min(&normal) && max(&normal) < min(&high));
-        assert!(min(&low) < Duration::from_millis(500) && max(&high) > Duration::from_millis(11_500));
+        assert!(
+            min(&low) < Duration::from_millis(500) && max(&high) > Duration::from_millis(11_500)
+        );
         assert!(max(&high) < Duration::from_secs(12));
         let none = Config::default().seed(3);
-        assert_eq!(super::Plan::new(&none, [1, 1, 1], Instant::now(), UNIX_EPOCH).slot(DrainPriority::Low, 0), None);
+        assert_eq!(
+            super::Plan::new(&none, [1, 1, 1], Instant::now(), UNIX_EPOCH)
+                .slot(DrainPriority::Low, 0),
+            None
+        );
     }
 }

@@ -103,7 +103,10 @@ impl Shared {
 
     /// Open SSE streams of each priority, lowest first.
     pub(crate) fn open_by_priority(&self) -> [usize; 3] {
-        let [low, _, high] = self.prioritised.each_ref().map(|n| n.load(Ordering::Acquire));
+        let [low, _, high] = self
+            .prioritised
+            .each_ref()
+            .map(|n| n.load(Ordering::Acquire));
         let all = self.sse.load(Ordering::Acquire);
         [low, all.saturating_sub(low + high), high]
     }

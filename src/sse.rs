@@ -123,7 +123,6 @@ fn json(text: &str) -> String {
     serde_json::Value::from(text).to_string()
 }
 
-
 /// Formats a time as ISO 8601 UTC with milliseconds: `2025-01-02T13:00:00.000Z`.
 pub(crate) fn iso8601_millis(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -4,9 +4,7 @@
 //! the environment.
 
 use std::time::Duration;
-use tower_graceful_sse::{
-    Config, GRACE_PERIOD_ENV, NOTICE_WINDOW_ENV, RECONNECT_JITTER_ENV,
-};
+use tower_graceful_sse::{Config, GRACE_PERIOD_ENV, NOTICE_WINDOW_ENV, RECONNECT_JITTER_ENV};
 
 /// `from_env` with `name` set to `value` (or unset), the others unset.
 fn with(name: &str, value: Option<&str>) -> Result<Config, String> {
@@ -26,7 +24,10 @@ fn with(name: &str, value: Option<&str>) -> Result<Config, String> {
 fn jitter_and_window_come_from_the_environment() {
     let secs = Duration::from_secs_f64;
     for (name, set) in [
-        (RECONNECT_JITTER_ENV, (|c: Config, d| c.reconnect_jitter(d)) as fn(Config, Duration) -> Config),
+        (
+            RECONNECT_JITTER_ENV,
+            (|c: Config, d| c.reconnect_jitter(d)) as fn(Config, Duration) -> Config,
+        ),
         (NOTICE_WINDOW_ENV, |c: Config, d| c.notice_window(d)),
     ] {
         let expect = |d: f64| Ok(set(Config::default(), secs(d)));
@@ -39,8 +40,14 @@ fn jitter_and_window_come_from_the_environment() {
             ("-0.5", "must be a finite number of seconds, zero or more"),
             ("abc", "is not a number of seconds such as 20 or 0.5"),
             ("5s", "is not a number of seconds such as 20 or 0.5"),
-            ("", "is empty; expected a number of seconds such as 20 or 0.5"),
-            (" ", "is empty; expected a number of seconds such as 20 or 0.5"),
+            (
+                "",
+                "is empty; expected a number of seconds such as 20 or 0.5",
+            ),
+            (
+                " ",
+                "is empty; expected a number of seconds such as 20 or 0.5",
+            ),
             ("NaN", "must be a finite number of seconds, zero or more"),
             ("1e12", "is longer than a day (86400 seconds)"),
         ] {

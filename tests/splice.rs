@@ -391,7 +391,10 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         .unwrap();
     let (out, report) = rt.block_on(run(case));
     check(case, &out, report);
-    prop_assert_eq!((report.in_flight, report.closed, report.force_closed), (1, 1, 0));
+    prop_assert_eq!(
+        (report.in_flight, report.closed, report.force_closed),
+        (1, 1, 0)
+    );
     Ok(())
 }
 

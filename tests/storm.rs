@@ -61,12 +61,14 @@ fn app(handle: &DrainHandle) -> Router {
             get(move |q: axum::extract::RawQuery| async move { with_priority(q.0, busy()) }),
         )
         .route_layer(handle.layer())
-        .layer(MapRequestLayer::new(|mut req: Request<axum::body::Body>| {
-            if req.headers().get("x-priority").is_some_and(|v| v == "low") {
-                req.extensions_mut().insert(DrainPriority::Low);
-            }
-            req
-        }))
+        .layer(MapRequestLayer::new(
+            |mut req: Request<axum::body::Body>| {
+                if req.headers().get("x-priority").is_some_and(|v| v == "low") {
+                    req.extensions_mut().insert(DrainPriority::Low);
+                }
+                req
+            },
+        ))
 }
 
 /// What one client saw: every event with the (virtual) time it arrived.
@@ -131,7 +133,11 @@ impl Seen {
 
 /// Opens a stream (waiting for its first event, so that it is counted) and
 /// returns a task that reads it to the end.
-async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> tokio::task::JoinHandle<Seen> {
+async fn open(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> tokio::task::JoinHandle<Seen> {
     let mut events = sse_with(addr, path, headers).await;
     let first = next(&mut events).await;
     let mut seen = vec![(Instant::now(), first)];
@@ -168,7 +174,13 @@ async fn delays(config: Config, n: usize) -> (Vec<Duration>, Vec<u64>) {
     for _ in 0..n {
         let (res, _conn) = request(addr, "/idle", "*/*").await;
         assert_eq!(res.status(), 503);
-        retry_after.push(res.headers()[header::RETRY_AFTER].to_str().unwrap().parse().unwrap());
+        retry_after.push(
+            res.headers()[header::RETRY_AFTER]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
     }
     (delays, retry_after)
 }
@@ -184,9 +196,15 @@ async fn each_stream_gets_its_own_delay_within_bounds_the_same_for_the_same_seed
     assert!(a.iter().all(|d| (lo..=hi).contains(d)), "{a:?}");
     let distinct: BTreeSet<_> = a.iter().collect();
     assert!(distinct.len() >= 18, "delays barely differ: {a:?}");
-    assert!(retry_after.iter().all(|s| (30..=40).contains(s)), "{retry_after:?}");
+    assert!(
+        retry_after.iter().all(|s| (30..=40).contains(s)),
+        "{retry_after:?}"
+    );
     let distinct: BTreeSet<_> = retry_after.iter().collect();
-    assert!(distinct.len() >= 3, "Retry-After not spread: {retry_after:?}");
+    assert!(
+        distinct.len() >= 3,
+        "Retry-After not spread: {retry_after:?}"
+    );
 
     // Seeded: the same values again (the order among streams is the order
     // in which their notices were made, so compare them sorted).
@@ -213,7 +231,10 @@ async fn the_defaults_spread_the_delays_over_fifteen_seconds() {
     let (delays, retry_after) = delays(Config::default(), 30).await;
     let (lo, hi) = (Duration::from_secs(30), Duration::from_secs(45));
     assert!(delays.iter().all(|d| (lo..=hi).contains(d)), "{delays:?}");
-    assert!(delays[29] - delays[0] > Duration::from_secs(5), "{delays:?}");
+    assert!(
+        delays[29] - delays[0] > Duration::from_secs(5),
+        "{delays:?}"
+    );
     assert!(retry_after.iter().all(|s| (30..=45).contains(s)));
 }
 
@@ -288,7 +309,10 @@ async fn a_window_spreads_the_notices_over_it_lowest_priority_first() {
         band(DrainPriority::Normal),
         band(DrainPriority::High),
     );
-    assert!(low.1 <= normal.0 && normal.1 <= high.0, "{low:?} {normal:?} {high:?}");
+    assert!(
+        low.1 <= normal.0 && normal.1 <= high.0,
+        "{low:?} {normal:?} {high:?}"
+    );
     // Each of the three equal shares gets a third of the window.
     assert!(low.1 <= Duration::from_secs(3) && high.0 >= Duration::from_secs(6));
 
@@ -315,8 +339,14 @@ async fn a_window_spreads_the_notices_over_it_lowest_priority_first() {
     }
     assert_eq!(report.notified, 30);
     let close = |a: Duration, b: Duration| a.abs_diff(b) <= Duration::from_millis(2);
-    assert!(close(report.first_notice.unwrap(), first), "{report:?} vs {first:?}");
-    assert!(close(report.last_notice.unwrap(), last), "{report:?} vs {last:?}");
+    assert!(
+        close(report.first_notice.unwrap(), first),
+        "{report:?} vs {first:?}"
+    );
+    assert!(
+        close(report.last_notice.unwrap(), last),
+        "{report:?} vs {last:?}"
+    );
     assert_eq!(report.force_closed, 0);
 }
 
@@ -345,9 +375,10 @@ async fn h2c_streams_on_one_connection_are_spread_over_the_window() {
     );
     let addr = serve_tower(app(&handle).into_service()).await;
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     let _conn = Conn::new(tokio::spawn(async move {
         let _ = conn.await;
     }));
@@ -384,7 +415,9 @@ async fn h2c_streams_on_one_connection_are_spread_over_the_window() {
 }
 
 #[test]
-#[should_panic(expected = "invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, SHUTDOWN_GRACE_PERIOD=\"20\"")]
+#[should_panic(
+    expected = "invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, SHUTDOWN_GRACE_PERIOD=\"20\""
+)]
 fn a_window_that_does_not_end_before_the_grace_period_is_refused() {
     let _ = DrainHandle::new(Config::default().notice_window(Duration::from_secs(20)));
 }
