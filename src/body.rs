@@ -13,6 +13,7 @@ use std::{
     pin::Pin,
     task::{Context, Poll},
 };
+use tokio::time::Sleep;
 
 pin_project! {
     /// The response body of [`GracefulSse`](crate::GracefulSse): the inner
@@ -48,12 +49,29 @@ pin_project! {
 #[derive(Default)]
 struct Splice {
     boundary: Boundary,
-    notified: bool,
+    progress: Progress,
     /// The notice went in after a CR: an LF opening the next chunk ends that
     /// CR's line and must not be read as a blank line after the notice.
     skip_lf: bool,
     /// The part of a chunk after the boundary where the notice goes.
-    rest: Option<Bytes>,
+    /// Boxed: it exists only during the drain, and inline it would make
+    /// every stream's body 24 bytes bigger.
+    rest: Option<Box<Bytes>>,
+}
+
+/// How far one stream's notice has got.
+#[derive(Default)]
+enum Progress {
+    /// The stream has not seen the drain yet.
+    #[default]
+    Before,
+    /// Its moment in the notice window is ahead: it streams on untouched,
+    /// and the timer wakes it then.
+    Waiting(Pin<Box<Sleep>>),
+    /// Due: the notice goes in at the next event boundary.
+    Due,
+    /// Sent.
+    Sent,
 }
 
 impl<B> GracefulBody<B> {
@@ -83,6 +101,10 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
+    // Inlined where the server polls it directly (it was, by itself, until
+    // the notice's schedule made it bigger): the path before the drain then
+    // costs what it did.
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -102,7 +124,12 @@ where
             };
             let phase = shared.phase();
             if Shared::is_draining(phase) {
-                if let Some(frame) = splice.as_mut().and_then(|s| s.notice(shared)) {
+                let notice = splice.as_mut().and_then(|s| {
+                    let guard = guard.as_ref()?;
+                    s.schedule(guard, phase, cx);
+                    s.notice(guard)
+                });
+                if let Some(frame) = notice {
                     if shared.config.end_after_notice || Shared::is_forced(phase) {
                         end(guard, wait);
                     }
@@ -119,7 +146,7 @@ where
                     return Poll::Ready(Some(Err(DrainDeadline::boxed())));
                 }
                 if let Some(s) = splice.as_mut() {
-                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(rest)) {
+                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(*rest)) {
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
                 }
@@ -210,17 +237,43 @@ fn end(guard: &mut Option<Guard>, wait: &mut Option<Pin<Box<Waiter>>>) {
 }
 
 impl Splice {
-    /// The shutdown frame, if it is due here: draining, not yet sent, and the
+    /// Moves the notice on while draining: draws the stream's moment in the
+    /// notice window when it first sees the drain, and makes the notice due
+    /// once that moment has come (the timer is polled, so it wakes this
+    /// task) or the grace period has run out.
+    ///
+    /// Out of line, as is [`notice`](Self::notice): they run only while
+    /// draining, and inlined they would make the hot path's code bigger.
+    #[inline(never)]
+    fn schedule(&mut self, guard: &Guard, phase: usize, cx: &mut Context<'_>) {
+        if let Progress::Before = self.progress {
+            self.progress = match guard.shared().notice_due(guard.priority()) {
+                Some(at) => Progress::Waiting(Box::pin(tokio::time::sleep_until(at))),
+                None => Progress::Due,
+            };
+        }
+        if let Progress::Waiting(sleep) = &mut self.progress {
+            if Shared::is_forced(phase) || sleep.as_mut().poll(cx).is_ready() {
+                self.progress = Progress::Due;
+            }
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        matches!(self.progress, Progress::Due)
+    }
+
+    /// The shutdown frame, if it is due here: due, not yet sent, and the
     /// stream stands at an event boundary.
-    fn notice(&mut self, shared: &Shared) -> Option<Bytes> {
-        if self.notified || !self.boundary.is_boundary() {
+    #[inline(never)]
+    fn notice(&mut self, guard: &Guard) -> Option<Bytes> {
+        if !self.is_due() || !self.boundary.is_boundary() {
             return None;
         }
-        self.notified = true;
+        self.progress = Progress::Sent;
         self.skip_lf = self.boundary.after_cr();
         self.boundary = Boundary::default();
-        shared.count_notified();
-        Some(shared.frame().clone())
+        Some(guard.shared().notice(guard.priority()))
     }
 
     /// Tracks a data chunk of a draining body and returns what to send now.
@@ -237,10 +290,10 @@ impl Splice {
         }
         let before = self.boundary;
         match self.boundary.advance(&data) {
-            Some(at) if !self.notified && at < data.len() => {
+            Some(at) if self.is_due() && at < data.len() => {
                 self.boundary = before;
                 self.boundary.advance(&data[..at]);
-                self.rest = Some(data.split_off(at));
+                self.rest = Some(Box::new(data.split_off(at)));
                 Some(data)
             }
             _ => Some(data),
@@ -261,12 +314,35 @@ impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
                 .field("inner", body)
                 .field("ended", &guard.is_none())
                 .field("sse", &splice.is_some())
-                .field("notified", &splice.as_ref().is_some_and(|s| s.notified))
+                .field(
+                    "notified",
+                    &splice
+                        .as_ref()
+                        .is_some_and(|s| matches!(s.progress, Progress::Sent)),
+                )
                 .finish(),
             Kind::Full { chunk } => f
                 .debug_struct("GracefulBody")
                 .field("chunk", chunk)
                 .finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open stream holds one: axum boxes it, so its size is heap per
+    /// stream. The notice's progress (with its timer) and the cut chunk's
+    /// rest, both used only during the drain, must not make it grow.
+    #[test]
+    fn body_stays_small() {
+        assert!(size_of::<Splice>() <= 32, "{}", size_of::<Splice>());
+        assert!(
+            size_of::<GracefulBody<http_body_util::Empty<Bytes>>>() <= 64,
+            "{}",
+            size_of::<GracefulBody<http_body_util::Empty<Bytes>>>()
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The drain: the future of its report, and the task that runs it.
 
-use crate::{DrainReport, metrics, shared::Shared, sse};
+use crate::{DrainReport, metrics, schedule::Plan, shared::Shared};
 use std::{
     fmt,
     future::Future,
@@ -152,15 +152,17 @@ impl Shared {
         // to run it would never end.
         let runtime = tokio::runtime::Handle::try_current()
             .expect("DrainHandle::drain must first be called inside a Tokio runtime");
-        // Whoever sees `DRAINING` finds the frame: it is set first.
-        self.frame.get_or_init(|| {
-            sse::shutdown_frame(
-                &self.config.message_text(),
-                self.config.reconnect_delay,
+        // Whoever sees `DRAINING` finds the frame and the schedule: they are
+        // set first.
+        let plan = self.plan.get_or_init(|| {
+            Plan::new(
+                &self.config,
+                self.open_by_priority(),
+                Instant::now(),
                 SystemTime::now(),
             )
         });
-        let started = *self.started.get_or_init(Instant::now);
+        let started = plan.started;
         let Some(in_flight) = self.state.start_drain() else {
             return; // started by an earlier call
         };
@@ -205,10 +207,18 @@ impl Shared {
                 }
             }
         };
+        let notices = self.log.snapshot();
         let report = DrainReport {
             in_flight,
             sse_streams,
-            notified: self.notified.load(Ordering::Acquire),
+            notified: notices.by_priority.iter().sum(),
+            notified_by_priority: notices.by_priority,
+            first_notice: notices
+                .first_last
+                .map(|(first, _)| Duration::from_nanos(first)),
+            last_notice: notices
+                .first_last
+                .map(|(_, last)| Duration::from_nanos(last)),
             closed: in_flight.saturating_sub(force_closed),
             force_closed,
             rejected: self.rejected.load(Ordering::Acquire),
@@ -228,11 +238,21 @@ impl Shared {
 
         // Connections still open at the deadline hold a client that does not
         // read (or a response outside the layer): close them, so that no
-        // client can keep the server alive.
-        tokio::time::sleep_until(started + grace + self.config.linger).await;
-        self.cut.store(true, Ordering::Release);
-        self.changed.notify_waiters();
-        tracing::debug!("drain deadline: closing the connections that are still open");
+        // client can keep the server alive. Without any, there is nothing to
+        // wait for; and the wait keeps nothing alive for whoever dropped the
+        // handle.
+        if self.connections.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let deadline = started + grace + self.config.linger;
+        let shared = Arc::downgrade(&self);
+        drop(self);
+        tokio::time::sleep_until(deadline).await;
+        if let Some(shared) = shared.upgrade() {
+            shared.cut.store(true, Ordering::Release);
+            shared.changed.notify_waiters();
+            tracing::debug!("drain deadline: closing the connections that are still open");
+        }
     }
 
     /// Ends the grace period: every body still open ends at its next poll.

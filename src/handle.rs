@@ -36,7 +36,18 @@ pub struct DrainHandle {
 
 impl DrainHandle {
     /// A handle with the given settings; no drain has started.
+    ///
+    /// # Panics
+    ///
+    /// If the settings do not fit together (a notice window that does not end
+    /// before the grace period), with the message of
+    /// [`Config::validate`], which says which: a mistake in the code that
+    /// builds the settings, found at start-up rather than at the drain.
+    /// [`Config::from_env`] already returns that error for the environment.
     pub fn new(config: Config) -> Self {
+        if let Err(err) = config.validate() {
+            panic!("{err}");
+        }
         metrics::describe();
         Self {
             shared: Arc::new(Shared::new(config)),
@@ -185,9 +196,9 @@ impl DrainHandle {
     pub fn metrics(&self) -> Metrics {
         Metrics {
             sse_active_connections: self.sse_streams(),
-            sse_shutdown_duration_seconds: match (self.report(), self.shared.started.get()) {
+            sse_shutdown_duration_seconds: match (self.report(), self.shared.plan.get()) {
                 (Some(report), _) => Some(report.elapsed.as_secs_f64()),
-                (None, Some(started)) => Some(started.elapsed().as_secs_f64()),
+                (None, Some(plan)) => Some(plan.started.elapsed().as_secs_f64()),
                 (None, None) => None,
             },
             sse_force_closed_connections_total: self

@@ -1,11 +1,13 @@
 //! A connection that the drain's deadline closes.
 
-use crate::{DrainDeadline, DrainHandle, shared::Shared, shared::Waiter};
+use crate::{
+    DrainDeadline, DrainHandle,
+    shared::{Connection, Shared, Waiter},
+};
 use pin_project_lite::pin_project;
 use std::{
     fmt, io,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -47,7 +49,7 @@ pin_project! {
     pub struct GracefulIo<I> {
         #[pin]
         io: I,
-        shared: Arc<Shared>,
+        conn: Connection,
         // Registrations for the deadline, one per direction: reads and
         // writes may be polled by different tasks.
         read: Option<Pin<Box<Waiter>>>,
@@ -60,7 +62,7 @@ impl<I> GracefulIo<I> {
     pub fn new(io: I, handle: &DrainHandle) -> Self {
         Self {
             io,
-            shared: handle.shared().clone(),
+            conn: Connection::new(handle.shared().clone()),
             read: None,
             write: None,
         }
@@ -124,7 +126,7 @@ impl<I: AsyncRead> AsyncRead for GracefulIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(this.shared, this.read, cx, |cx| {
+        guarded(&this.conn.shared, this.read, cx, |cx| {
             this.io.as_mut().poll_read(cx, buf)
         })
     }
@@ -137,7 +139,7 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        guarded(this.shared, this.write, cx, |cx| {
+        guarded(&this.conn.shared, this.write, cx, |cx| {
             this.io.as_mut().poll_write(cx, buf)
         })
     }
@@ -148,7 +150,7 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        guarded(this.shared, this.write, cx, |cx| {
+        guarded(&this.conn.shared, this.write, cx, |cx| {
             this.io.as_mut().poll_write_vectored(cx, bufs)
         })
     }
@@ -159,14 +161,14 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(this.shared, this.write, cx, |cx| {
+        guarded(&this.conn.shared, this.write, cx, |cx| {
             this.io.as_mut().poll_flush(cx)
         })
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(this.shared, this.write, cx, |cx| {
+        guarded(&this.conn.shared, this.write, cx, |cx| {
             this.io.as_mut().poll_shutdown(cx)
         })
     }
@@ -176,7 +178,7 @@ impl<I: fmt::Debug> fmt::Debug for GracefulIo<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GracefulIo")
             .field("io", &self.io)
-            .field("cut", &self.shared.is_cut())
+            .field("cut", &self.conn.shared.is_cut())
             .finish()
     }
 }

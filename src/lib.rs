@@ -12,16 +12,22 @@
 //!   request that accepts `text/event-stream`, a `200` stream that carries only
 //!   the shutdown frame (see [`Config::sse_rejection_as_notice`] for why);
 //! - every open `text/event-stream` body gets one frame spliced in at an event
-//!   boundary, never inside an event, at once if the stream is idle:
+//!   boundary, never inside an event, at once if the stream is idle (or at
+//!   its moment in the [notice window](Config::notice_window), lowest
+//!   [`DrainPriority`] first):
 //!
 //!   ```text
-//!   retry: 30000
+//!   retry: 37215
 //!   event: shutdown
-//!   data: {"type":"shutdown","message":"Server restarting, please reconnect in 30s","timestamp":"2025-01-02T13:00:00.000Z","reconnect_delay":30}
+//!   data: {"type":"shutdown","message":"Server restarting, please reconnect in 37.215s","timestamp":"2025-01-02T13:00:00.000Z","reconnect_delay":37.215}
 //!
 //!   ```
 //!
-//!   and then ends (or runs on, see [`Config::end_after_notice`]);
+//!   and then ends (or runs on, see [`Config::end_after_notice`]). Each
+//!   stream's delay is its own, drawn from 30 s to 30 + 15 s
+//!   ([`Config::reconnect_delay`], [`Config::reconnect_jitter`]), so that the
+//!   clients do not all come back to the surviving servers in the same
+//!   instant;
 //! - the drain waits up to the grace period ([`Config::grace_period`],
 //!   `SHUTDOWN_GRACE_PERIOD`, default 20 s) for bodies to end, then ends the
 //!   rest, and resolves to a [`DrainReport`]: an event stream ends cleanly (its
@@ -102,7 +108,8 @@
 //!
 //! let res = service.oneshot(Request::new(())).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-//! assert_eq!(res.headers()["retry-after"], "30");
+//! let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+//! assert!((30..=45).contains(&retry_after)); // 30 s plus up to 15 s of jitter
 //! # }
 //! ```
 //!
@@ -129,7 +136,9 @@ mod layer;
 #[cfg(feature = "axum")]
 mod listener;
 mod metrics;
+mod priority;
 mod report;
+mod schedule;
 mod service;
 mod shared;
 mod sse;
@@ -142,7 +151,10 @@ mod state;
 mod watch;
 
 pub use body::GracefulBody;
-pub use config::{Config, ConfigError, GRACE_PERIOD_ENV, LINGER_ENV, RECONNECT_DELAY_ENV};
+pub use config::{
+    Config, ConfigError, GRACE_PERIOD_ENV, LINGER_ENV, NOTICE_WINDOW_ENV, RECONNECT_DELAY_ENV,
+    RECONNECT_JITTER_ENV,
+};
 pub use drain::{Drain, Drained};
 pub use error::{BoxError, DrainDeadline};
 pub use future::ResponseFuture;
@@ -152,6 +164,7 @@ pub use layer::GracefulSseLayer;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use listener::GracefulListener;
+pub use priority::DrainPriority;
 pub use report::{DrainReport, Metrics};
 pub use service::GracefulSse;
 #[cfg(feature = "hyper-util")]

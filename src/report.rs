@@ -1,5 +1,6 @@
 //! What a drain did, and the metrics snapshot.
 
+use crate::DrainPriority;
 use std::{fmt, time::Duration};
 
 /// What a drain did, resolved by [`Drain`](crate::Drain).
@@ -12,8 +13,14 @@ pub struct DrainReport {
     pub sse_streams: usize,
     /// Open SSE streams whose shutdown frame was handed to the server to
     /// write (rejected SSE requests, which get it too, count under
-    /// `rejected`).
+    /// `rejected`); by priority with [`notified_at`](Self::notified_at).
     pub notified: usize,
+    pub(crate) notified_by_priority: [usize; 3],
+    /// When the first notice went out, from the start of the drain.
+    pub first_notice: Option<Duration>,
+    /// When the last notice went out, from the start of the drain: with a
+    /// [notice window](crate::Config::notice_window), near its end.
+    pub last_notice: Option<Duration>,
     /// In-flight responses that ended within the grace period.
     pub closed: usize,
     /// Responses still open when the grace period ended, and ended by the
@@ -24,6 +31,14 @@ pub struct DrainReport {
     /// From the start of the drain until the last response ended or the grace
     /// period ran out.
     pub elapsed: Duration,
+}
+
+impl DrainReport {
+    /// The notices sent to streams of `priority`.
+    #[must_use]
+    pub fn notified_at(&self, priority: DrainPriority) -> usize {
+        self.notified_by_priority[priority.index()]
+    }
 }
 
 impl fmt::Display for DrainReport {

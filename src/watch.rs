@@ -1,7 +1,7 @@
 //! The hyper-util integration: a connection that shuts down gracefully when
 //! the drain starts and is dropped at its deadline.
 
-use crate::shared::{Shared, Waiter};
+use crate::shared::{Connection, Shared, Waiter};
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
 use std::{
@@ -27,7 +27,7 @@ pin_project! {
     pub struct Watched<C> {
         #[pin]
         conn: Option<C>,
-        shared: Arc<Shared>,
+        guard: Connection,
         shutting_down: bool,
         wait: Option<Pin<Box<Waiter>>>,
     }
@@ -37,7 +37,7 @@ impl<C> Watched<C> {
     pub(crate) fn new(conn: C, shared: Arc<Shared>) -> Self {
         Self {
             conn: Some(conn),
-            shared,
+            guard: Connection::new(shared),
             shutting_down: false,
             wait: None,
         }
@@ -49,16 +49,17 @@ impl<C: GracefulConnection> Future for Watched<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
+        let shared = &this.guard.shared;
         loop {
             let Some(mut conn) = this.conn.as_mut().as_pin_mut() else {
                 return Poll::Ready(Ok(())); // dropped at the deadline
             };
-            let phase = this.shared.phase();
+            let phase = shared.phase();
             if Shared::is_draining(phase) && !*this.shutting_down {
                 *this.shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
-            if this.shared.is_cut() {
+            if shared.is_cut() {
                 tracing::debug!("dropping a connection still open at the drain deadline");
                 this.conn.set(None);
                 *this.wait = None;
@@ -69,12 +70,12 @@ impl<C: GracefulConnection> Future for Watched<C> {
             }
             let waiter = this
                 .wait
-                .get_or_insert_with(|| Box::pin(Waiter::new(this.shared)));
+                .get_or_insert_with(|| Box::pin(Waiter::new(shared)));
             if waiter.as_mut().poll_changed(cx, phase) {
                 *this.wait = None;
                 continue;
             }
-            if this.shared.phase() != phase {
+            if shared.phase() != phase {
                 continue;
             }
             return Poll::Pending;

@@ -147,7 +147,7 @@ async fn requests_after_drain_are_rejected_without_reaching_the_service() {
 
     let (res, _conn) = request(addr, "/count", "*/*").await;
     assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()[header::RETRY_AFTER], "30");
+    assert_default_retry_after(&res);
     assert_eq!(res.headers()[header::CONNECTION], "close");
     assert!(
         body_bytes(res.into_body())
@@ -178,7 +178,7 @@ async fn sse_rejection_can_be_a_plain_503() {
     within(handle.drain()).await;
     let (res, _conn) = request(addr, "/idle", "text/event-stream").await;
     assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()[header::RETRY_AFTER], "30");
+    assert_default_retry_after(&res);
 }
 
 /// A hyper server around a tower `service_fn` whose SSE body is fed by the
@@ -674,4 +674,14 @@ async fn size_hint_and_end_of_stream_pass_through() {
     assert!(sse.is_end_stream());
     assert!(sse.frame().await.is_none());
     assert_eq!(handle.in_flight(), 0);
+}
+
+/// `Retry-After` with the default delay and jitter: whole seconds in 30..=45.
+fn assert_default_retry_after<B>(res: &http::Response<B>) {
+    let secs: u64 = res.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((30..=45).contains(&secs), "{secs}");
 }

@@ -34,7 +34,11 @@ async fn no_request_reaches_the_service_once_the_drain_is_visible() {
         seed ^= seed << 17;
         let fire_after = (seed % 200) as usize;
 
-        let handle = DrainHandle::new(Config::default().grace_period(Duration::from_secs(60)));
+        let handle = DrainHandle::new(
+            Config::default()
+                .grace_period(Duration::from_secs(60))
+                .reconnect_jitter(Duration::ZERO),
+        );
         let served = Arc::new(AtomicUsize::new(0));
         let late = Arc::new(AtomicUsize::new(0));
         let service = {

@@ -514,6 +514,8 @@ async fn browser_page_survives_a_restart() {
         ("ANALYTICS_EVENT_INTERVAL_MS", "60"),
         // Long enough to watch the countdown go down second by second.
         ("SHUTDOWN_RECONNECT_DELAY", "3"),
+        // Exactly 3 s, so that the page's notice reads as asserted below.
+        ("SHUTDOWN_RECONNECT_JITTER", "0"),
     ];
     let mut first = Server::start(port, &env).await;
     let mut driver = Command::new("node")
