@@ -11,12 +11,16 @@
 //!
 //! Run with: `cargo bench --bench instructions` (needs `valgrind`).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use axum::{
     Router,
     response::sse::{Event, Sse},
     routing::get,
 };
 use bytes::Bytes;
+use common::median;
 use futures_util::stream;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty};
@@ -86,11 +90,6 @@ fn count(layer: &str, n: usize) -> u64 {
     collected.trim().parse().unwrap()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// The child: one runtime thread, one server, one client, `n` events.
 fn serve_and_read(layer: bool, n: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -112,20 +111,9 @@ fn serve_and_read(layer: bool, n: usize) {
         } else {
             app
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get("/")
-            .header(header::HOST, "bench")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let mut body = sender.send_request(req).await.unwrap().into_body();
+        let addr = common::serve(app);
+        let (res, _conn) = common::request(addr, "/", "text/event-stream").await;
+        let mut body = res.into_body();
         let mut bytes = 0;
         while let Some(frame) = body.frame().await {
             bytes += frame.unwrap().data_ref().map_or(0, Bytes::len);

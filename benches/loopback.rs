@@ -12,10 +12,10 @@
 //!
 //! Run with: `cargo bench --bench loopback`
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "support.rs"]
 mod support;
-#[path = "../tests/common/swarm.rs"]
-mod swarm;
 
 use axum::{
     Router,
@@ -23,6 +23,7 @@ use axum::{
     routing::get,
 };
 use bytes::Bytes;
+use common::{idle, swarm};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 use futures_util::{
     StreamExt,
@@ -54,18 +55,10 @@ fn runtime() -> Runtime {
         .unwrap()
 }
 
-/// Serves `app` on `127.0.0.<host>` (a fresh address per fan-out iteration
-/// keeps the 4-tuples of closed connections apart) with a deep backlog.
+/// Serves `app` on `127.0.0.<host>`: a fresh address per fan-out iteration
+/// keeps the 4-tuples of closed connections apart.
 fn serve(app: Router, host: u8) -> SocketAddr {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket
-        .bind(SocketAddr::from((Ipv4Addr::new(127, 0, 0, host), 0)))
-        .unwrap();
-    let listener = socket.listen(4096).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
+    common::serve_on(app, Ipv4Addr::new(127, 0, 0, host))
 }
 
 /// [`serve`], with every connection a `GracefulIo` (`DrainHandle::listener`).
@@ -90,24 +83,12 @@ async fn firehose() -> SseStream {
 struct Reader {
     body: hyper::body::Incoming,
     carry: usize,
-    _conn: tokio::task::JoinHandle<()>,
+    _conn: common::Conn,
 }
 
 impl Reader {
     async fn open(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::get("/events")
-            .header(header::HOST, addr.to_string())
-            .header(header::ACCEPT, "text/event-stream")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let res = sender.send_request(req).await.unwrap();
+        let (res, conn) = common::request(addr, "/events", "text/event-stream").await;
         assert_eq!(res.status(), 200);
         Self {
             body: res.into_body(),
@@ -204,15 +185,6 @@ fn end_to_end(c: &mut Criterion) {
         );
     }
     drop(handle);
-}
-
-/// One `hello`, then nothing: an idle stream waiting for its next event.
-async fn idle() -> SseStream {
-    Sse::new(
-        stream::once(async { Ok(Event::default().event("hello").data("hi")) })
-            .chain(stream::pending())
-            .boxed(),
-    )
 }
 
 /// The floor's stream: `hello`, then one frame of the notice's size when

@@ -9,14 +9,15 @@
 //!
 //! Run with: `cargo bench --bench memory` (`-- --streams N --rounds R`).
 
-#[path = "../tests/common/swarm.rs"]
-mod swarm;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use axum::{
     Router,
     response::sse::{Event, Sse},
     routing::get,
 };
+use common::{alloc, idle, median, swarm};
 use futures_util::{
     StreamExt,
     stream::{self, BoxStream},
@@ -27,65 +28,8 @@ use tower_graceful_sse::{Config, DrainHandle, GracefulBody};
 
 /// Counts live heap bytes and blocks by requested size, so the server can
 /// say exactly what it holds, beside what the kernel says it touched.
-mod counting {
-    use std::{
-        alloc::{GlobalAlloc, Layout, System},
-        sync::atomic::{AtomicIsize, Ordering::Relaxed},
-    };
-
-    /// Live blocks per size, in 16-byte steps up to 4 KiB, then one bucket.
-    pub static LIVE: [AtomicIsize; 257] = [const { AtomicIsize::new(0) }; 257];
-    pub static BYTES: AtomicIsize = AtomicIsize::new(0);
-
-    pub struct Counting;
-
-    fn bucket(size: usize) -> usize {
-        size.div_ceil(16).min(256)
-    }
-
-    // SAFETY: forwards to the system allocator unchanged; only counts.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            LIVE[bucket(layout.size())].fetch_add(1, Relaxed);
-            BYTES.fetch_add(layout.size() as isize, Relaxed);
-            unsafe { System.alloc(layout) }
-        }
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            LIVE[bucket(layout.size())].fetch_sub(1, Relaxed);
-            BYTES.fetch_sub(layout.size() as isize, Relaxed);
-            unsafe { System.dealloc(ptr, layout) }
-        }
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-            LIVE[bucket(layout.size())].fetch_sub(1, Relaxed);
-            LIVE[bucket(new)].fetch_add(1, Relaxed);
-            BYTES.fetch_add(new as isize - layout.size() as isize, Relaxed);
-            unsafe { System.realloc(ptr, layout, new) }
-        }
-    }
-
-    /// `bytes b16:n b32:n ...` for the buckets in use.
-    pub fn snapshot() -> String {
-        let mut out = BYTES.load(Relaxed).to_string();
-        for (i, live) in LIVE.iter().enumerate() {
-            let n = live.load(Relaxed);
-            if n != 0 {
-                out += &format!(" {}:{n}", i * 16);
-            }
-        }
-        out
-    }
-}
-
 #[global_allocator]
-static ALLOC: counting::Counting = counting::Counting;
-
-async fn idle() -> Sse<BoxStream<'static, Result<Event, Infallible>>> {
-    Sse::new(
-        stream::once(async { Ok(Event::default().event("hello").data("hi")) })
-            .chain(stream::pending())
-            .boxed(),
-    )
-}
+static ALLOC: alloc::Counting = alloc::Counting;
 
 /// The server process: prints its address, then serves until killed.
 fn server_if_asked() {
@@ -104,15 +48,11 @@ fn server_if_asked() {
         if variant == "layer" {
             app = app.route_layer(handle.layer());
         }
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = socket.listen(4096).unwrap();
-        println!("{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        println!("{}", common::serve(app));
         // One heap snapshot per line read on stdin.
         let mut stdin = BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(_)) = stdin.next_line().await {
-            println!("{}", counting::snapshot());
+            println!("{}", alloc::snapshot());
         }
     });
     // Stdin closed: the parent is done with this server.
@@ -198,11 +138,6 @@ async fn per_stream(variant: &str, n: usize) -> PerStream {
         rss: (after.0 as f64 - before.0 as f64) / n as f64,
         heap: after.1.per_stream(&before.1, n),
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -1,6 +1,7 @@
-//! Shared by the bench binaries (each includes it with `#[path]`): a record of
-//! every sample criterion takes, so each binary can print its medians and
-//! their ratio to the baseline measured in the same run.
+//! Shared by the criterion bench binaries (each includes it with `#[path]`,
+//! beside `tests/common` as `common`): a record of every sample criterion
+//! takes, so each binary can print its medians and their ratio to the
+//! baseline measured in the same run.
 #![allow(dead_code)]
 
 use std::{
@@ -40,17 +41,8 @@ pub fn stopwatch(f: impl FnOnce()) -> Duration {
 /// The median of the samples recorded under `id`, in ns per iteration.
 pub fn median(id: &str) -> Option<f64> {
     let samples = SAMPLES.lock().unwrap();
-    let mut v = samples.get(id)?.clone();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
-    })
+    let v = samples.get(id).filter(|v| !v.is_empty())?;
+    Some(crate::common::median(v.clone()))
 }
 
 /// Prints one row per `(baseline, candidate, per, unit)`: both medians (ns per

@@ -97,7 +97,7 @@ async fn read_download(res: http::Response<Incoming>) -> (Vec<String>, Option<hy
 #[tokio::test]
 async fn a_download_cut_at_the_deadline_is_incomplete_over_http1() {
     let handle = handle();
-    let addr = serve(app(&handle)).await;
+    let addr = serve(app(&handle));
     let (res, _conn) = request(addr, "/export", "text/csv").await;
     assert_eq!(res.version(), Version::HTTP_11);
     assert!(
@@ -125,7 +125,7 @@ async fn a_download_cut_at_the_deadline_is_incomplete_over_http1() {
 #[tokio::test]
 async fn a_download_cut_at_the_deadline_is_reset_over_http2() {
     let handle = handle();
-    let addr = serve(app(&handle)).await;
+    let addr = serve(app(&handle));
     let res = h2_get(addr, "/export", "text/csv").await;
     let drain = handle.drain();
     let (lines, err) = read_download(res).await;
@@ -147,7 +147,7 @@ async fn a_download_cut_at_the_deadline_is_reset_over_http2() {
 #[tokio::test]
 async fn an_event_stream_cut_at_the_deadline_ends_cleanly_over_http1_and_http2() {
     let handle = handle();
-    let addr = serve(app(&handle)).await;
+    let addr = serve(app(&handle));
     let (res, _conn) = request(addr, "/events", "text/event-stream").await;
     let mut h1 = events(res.into_body());
     let mut h2 = events(

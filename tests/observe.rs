@@ -81,7 +81,7 @@ async fn a_scrape_during_the_drain_sees_its_duration_and_force_closes() {
         .route("/events", get(events))
         .layer(handle.layer())
         .route("/metrics", get(move || async move { recorder.render() }));
-    let addr = serve(app).await;
+    let addr = serve(app);
     let mut stream = sse(addr, "/events").await;
     within(stream.next_raw()).await.unwrap().unwrap();
 

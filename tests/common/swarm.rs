@@ -7,7 +7,7 @@
 //! run in a child: the same executable, started with `SWARM_ADDR` set, which
 //! [`worker_if_asked`] turns into a swarm before anything else runs.
 //!
-//! Each client opens a GET over its own HTTP/1.1 connection (hyper's client),
+//! Each client opens a GET over its own HTTP/1.1 connection ([`super::get`]),
 //! parses the stream with the independent `eventsource-stream`, and waits for
 //! the first event before it counts as connected. When its parser sees the
 //! `shutdown` event it notes the time on `CLOCK_MONOTONIC`, which the parent
@@ -19,14 +19,10 @@
 //! Protocol on the child's stdout: `ready <connected>` once every client has
 //! connected or failed, then one line per client when all have finished:
 //! `<notice ns or -> <closed|ended|failed|error|unfinished> [message]`.
-#![allow(dead_code, unreachable_pub)]
 
-use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use http::{Request, header};
-use http_body_util::{BodyDataStream, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyDataStream;
 use std::{
     io::Write,
     net::SocketAddr,
@@ -39,7 +35,6 @@ use std::{
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},
-    net::TcpStream,
     process::{Child, ChildStdout},
     sync::{Notify, Semaphore},
     task::JoinHandle,
@@ -295,42 +290,6 @@ impl NowOrUnfinished for JoinHandle<Outcome> {
     }
 }
 
-/// Aborts the connection task, closing the socket, when dropped.
-pub struct Conn(JoinHandle<()>);
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A GET over a fresh HTTP/1.1 connection (hyper's client).
-pub async fn get_once(
-    addr: SocketAddr,
-    path: &str,
-    accept: &str,
-) -> Result<(http::Response<hyper::body::Incoming>, Conn), String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let conn = Conn(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    let req = Request::get(path)
-        .header(header::HOST, addr.to_string())
-        .header(header::ACCEPT, accept)
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    Ok((res, conn))
-}
-
 async fn client(
     addr: SocketAddr,
     path: Arc<str>,
@@ -347,7 +306,7 @@ async fn client(
             end: End::Failed(e),
         }
     };
-    let (res, conn) = match get_once(addr, &path, "text/event-stream").await {
+    let (res, conn) = match super::get(addr, &path, &[("accept", "text/event-stream")]).await {
         Ok(ok) => ok,
         Err(e) => return failed(e),
     };

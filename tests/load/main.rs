@@ -36,14 +36,14 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio::{net::TcpSocket, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::IntervalStream;
 use tower_graceful_sse::{Config, DrainHandle, DrainReport};
 
-#[path = "../common/swarm.rs"]
-mod swarm;
+#[path = "../common/mod.rs"]
+mod common;
 
-use swarm::{End, Outcome, Swarm};
+use common::swarm::{self, End, Outcome, Swarm};
 
 const NAME: &str = "graceful_shutdown_load";
 
@@ -156,7 +156,7 @@ async fn run(args: &Args, fds: u64) -> Vec<String> {
             .end_after_notice(false),
     );
     let calls = Arc::new(AtomicUsize::new(0));
-    let addr = serve(app(&handle, calls.clone(), args.tick));
+    let addr = common::serve(app(&handle, calls.clone(), args.tick));
 
     // Connect everyone.
     let connecting = Instant::now();
@@ -221,18 +221,6 @@ async fn events(tick: Duration) -> Sse<BoxStream<'static, Result<Event, Infallib
     Sse::new(hello.chain(ticks).boxed())
 }
 
-/// Serves on loopback with a listen backlog deep enough for a burst of
-/// connections.
-fn serve(app: Router) -> SocketAddr {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_reuseaddr(true).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(4096).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
 /// The answer to a request made during the drain.
 enum Late {
     /// `503` with `Retry-After`.
@@ -248,7 +236,7 @@ async fn late_request(addr: SocketAddr, sse: bool) -> Late {
     } else {
         ("/plain", "*/*")
     };
-    let (res, _conn) = match swarm::get_once(addr, path, accept).await {
+    let (res, _conn) = match common::get(addr, path, &[("accept", accept)]).await {
         Ok(ok) => ok,
         Err(e) => return Late::Other(e),
     };
