@@ -22,16 +22,13 @@ use axum::{
     response::sse::{Event, Sse},
     routing::get,
 };
-use bytes::Bytes;
 use common::{idle, swarm};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 use futures_util::{
     StreamExt,
     stream::{self, BoxStream},
 };
-use http::{Request, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use std::{
     convert::Infallible,
     net::{Ipv4Addr, SocketAddr},

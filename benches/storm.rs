@@ -25,14 +25,15 @@
 //! minutes: the clients wait their 30 to 45 s), or
 //! `cargo bench --bench storm -- --streams 1000`.
 
-#[path = "../tests/common/swarm.rs"]
-mod swarm;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use axum::{
     Router,
     response::sse::{Event, Sse},
     routing::get,
 };
+use common::swarm::{self, monotonic_ns};
 use eventsource_stream::Eventsource;
 use futures_util::{StreamExt, stream};
 use http_body_util::BodyDataStream;
@@ -43,7 +44,15 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use swarm::{get_once, monotonic_ns};
+
+/// One GET for an event stream over a fresh connection.
+async fn get_once(
+    addr: std::net::SocketAddr,
+    path: &str,
+    accept: &str,
+) -> Result<(http::Response<hyper::body::Incoming>, common::Conn), String> {
+    common::get(addr, path, &[("accept", accept)]).await
+}
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     process::{Child, ChildStdin, Command},

@@ -10,8 +10,6 @@
 //! same server is still waiting on the stalled socket.
 
 mod common;
-#[path = "common/swarm.rs"]
-mod swarm;
 
 use axum::{
     Router,
@@ -313,7 +311,7 @@ async fn stalled_readers(
     stalled: usize,
     healthy: usize,
 ) -> Option<Duration> {
-    swarm::need_fds(2 * (stalled + healthy) as u64 + 256);
+    common::swarm::need_fds(2 * (stalled + healthy) as u64 + 256);
     let handle = DrainHandle::new(Config::default().grace_period(GRACE).linger(LINGER));
     let produced = Arc::new(AtomicU64::new(0));
     let (addr, server_task) = start(server, &handle, produced.clone()).await;

@@ -160,7 +160,7 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Vec<Seen> {
 /// The delays of `n` idle streams drained with `config`, sorted.
 async fn delays(config: Config, n: usize) -> (Vec<Duration>, Vec<u64>) {
     let handle = DrainHandle::new(config);
-    let addr = serve(app(&handle)).await;
+    let addr = serve(app(&handle));
     let mut tasks = Vec::new();
     for _ in 0..n {
         tasks.push(open(addr, "/idle", &[]).await);
@@ -251,7 +251,7 @@ async fn drain_with_window(
             .notice_window(window)
             .seed(7),
     );
-    let addr = serve(app(&handle)).await;
+    let addr = serve(app(&handle));
     let mut tasks = Vec::new();
     for priority in DrainPriority::ALL {
         for busy in [false, true] {
@@ -373,7 +373,7 @@ async fn h2c_streams_on_one_connection_are_spread_over_the_window() {
             .reconnect_jitter(Duration::from_secs(10))
             .seed(11),
     );
-    let addr = serve_tower(app(&handle).into_service()).await;
+    let addr = serve_tower(app(&handle).into_service());
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))

@@ -251,6 +251,13 @@ where
 /// A client connection; dropping it closes the socket at once.
 pub struct Conn(JoinHandle<()>);
 
+impl Conn {
+    /// Wraps the task that drives a client connection.
+    pub fn new(task: JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         self.0.abort();

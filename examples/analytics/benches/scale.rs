@@ -29,8 +29,10 @@
 //! Needs about N + 300 file descriptors in each process; each raises its
 //! soft limit itself.
 
-#[path = "../../../tests/common/swarm.rs"]
-mod swarm;
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use common::swarm;
 
 use axum::{
     Router,
@@ -189,7 +191,7 @@ fn main() {
 /// `data` lines. Returns the file, the number of events and their size.
 async fn capture(args: &Args) -> (std::path::PathBuf, usize, usize) {
     let mut server = start(Variant::Example, &args.example, 0, None).await;
-    let (res, _conn) = swarm::get_once(server.addr, PATH, "text/event-stream")
+    let (res, _conn) = common::get(server.addr, PATH, &[("accept", "text/event-stream")])
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
@@ -260,7 +262,7 @@ async fn start(
         .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..500 {
-        if let Ok((res, _)) = swarm::get_once(addr, "/healthz/live", "*/*").await {
+        if let Ok((res, _)) = common::get(addr, "/healthz/live", &[("accept", "*/*")]).await {
             if res.status() == 200 {
                 return Server { child, addr };
             }
