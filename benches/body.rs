@@ -3,8 +3,6 @@
 //!
 //! Run with: `cargo bench --bench body`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "support.rs"]
 mod support;
 

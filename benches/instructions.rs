@@ -22,9 +22,7 @@ use axum::{
 use bytes::Bytes;
 use common::median;
 use futures_util::stream;
-use http::{Request, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
 use std::{convert::Infallible, process::Command};
 use tower_graceful_sse::{Config, DrainHandle};
 

@@ -12,8 +12,6 @@
 //!
 //! Run with: `cargo bench --bench loopback`
 
-#[path = "../tests/common/mod.rs"]
-mod common;
 #[path = "support.rs"]
 mod support;
 
@@ -22,23 +20,21 @@ use axum::{
     response::sse::{Event, Sse},
     routing::get,
 };
-use bytes::Bytes;
-use common::{idle, swarm};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
 use futures_util::{
     StreamExt,
     stream::{self, BoxStream},
 };
-use http::{Request, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use support::common::{self, idle, swarm};
+
+use http_body_util::BodyExt;
 use std::{
     convert::Infallible,
     net::{Ipv4Addr, SocketAddr},
     sync::atomic::{AtomicU8, Ordering},
     time::{Duration, Instant},
 };
-use tokio::{net::TcpSocket, runtime::Runtime, sync::watch};
+use tokio::{runtime::Runtime, sync::watch};
 use tower_graceful_sse::{Config, DrainHandle};
 
 type SseStream = Sse<BoxStream<'static, Result<Event, Infallible>>>;

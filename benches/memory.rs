@@ -12,17 +12,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use axum::{
-    Router,
-    response::sse::{Event, Sse},
-    routing::get,
-};
+use axum::{Router, routing::get};
 use common::{alloc, idle, median, swarm};
-use futures_util::{
-    StreamExt,
-    stream::{self, BoxStream},
-};
-use std::{collections::BTreeMap, convert::Infallible, process::Stdio, time::Duration};
+use std::{collections::BTreeMap, process::Stdio, time::Duration};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tower_graceful_sse::{Config, DrainHandle, GracefulBody};
 

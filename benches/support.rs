@@ -1,8 +1,11 @@
 //! Shared by the criterion bench binaries (each includes it with `#[path]`,
-//! beside `tests/common` as `common`): a record of every sample criterion
+//! which brings `tests/common` as `support::common`): a record of every sample criterion
 //! takes, so each binary can print its medians and their ratio to the
 //! baseline measured in the same run.
 #![allow(dead_code)]
+
+#[path = "../tests/common/mod.rs"]
+pub mod common;
 
 use std::{
     collections::BTreeMap,
@@ -42,7 +45,7 @@ pub fn stopwatch(f: impl FnOnce()) -> Duration {
 pub fn median(id: &str) -> Option<f64> {
     let samples = SAMPLES.lock().unwrap();
     let v = samples.get(id).filter(|v| !v.is_empty())?;
-    Some(crate::common::median(v.clone()))
+    Some(common::median(v.clone()))
 }
 
 /// Prints one row per `(baseline, candidate, per, unit)`: both medians (ns per
