@@ -28,7 +28,8 @@ async fn main() {
         "listening on http://{}/events",
         listener.local_addr().unwrap()
     );
-    axum::serve(listener, app(&handle))
+    // A client that stops reading cannot hold the server past the deadline.
+    axum::serve(handle.listener(listener), app(&handle))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             let report = handle.drain().await;

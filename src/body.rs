@@ -1,7 +1,8 @@
 //! The response body wrapper: counts, splices the notice, ends on time.
 
 use crate::{
-    handle::{Guard, Shared},
+    BoxError, DrainDeadline,
+    shared::{Guard, Shared, Waiter},
     sse::Boundary,
 };
 use bytes::Bytes;
@@ -9,11 +10,10 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::{
     fmt,
-    future::Future,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
 };
-use tokio::sync::futures::OwnedNotified;
+use tokio::time::Sleep;
 
 pin_project! {
     /// The response body of [`GracefulSse`](crate::GracefulSse): the inner
@@ -45,58 +45,33 @@ pin_project! {
     }
 }
 
-pin_project! {
-    /// A registration for the next phase change, and the waker it holds.
-    struct Waiter {
-        #[pin]
-        notified: OwnedNotified,
-        // The waker `notified` was last polled with, once it returned
-        // `Pending` before the drain.
-        waker: Option<Waker>,
-    }
-}
-
-impl Waiter {
-    fn new(shared: &Shared) -> Self {
-        Self {
-            notified: shared.changed.clone().notified_owned(),
-            waker: None,
-        }
-    }
-
-    /// True once the next phase change may be due: polls the registration,
-    /// unless it already holds a waker for this task and no drain has started.
-    ///
-    /// Polling a registered `Notified` takes the lock of the `Notify` that
-    /// every stream of the handle shares, and a live stream goes pending after
-    /// each event: skipping it keeps that lock off the hot path. Before the
-    /// drain the only notification to come is the one that starts it, which
-    /// changes the phase first: the next poll then sees `DRAINING` and polls
-    /// the registration again, so no notification is lost.
-    fn poll_changed(self: Pin<&mut Self>, cx: &mut Context<'_>, phase: usize) -> bool {
-        let this = self.project();
-        let draining = Shared::is_draining(phase);
-        if !draining && this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            return false;
-        }
-        if this.notified.poll(cx).is_ready() {
-            return true;
-        }
-        *this.waker = (!draining).then(|| cx.waker().clone());
-        false
-    }
-}
-
 /// Splicing state of one SSE body.
 #[derive(Default)]
 struct Splice {
     boundary: Boundary,
-    notified: bool,
+    progress: Progress,
     /// The notice went in after a CR: an LF opening the next chunk ends that
     /// CR's line and must not be read as a blank line after the notice.
     skip_lf: bool,
     /// The part of a chunk after the boundary where the notice goes.
-    rest: Option<Bytes>,
+    /// Boxed: it exists only during the drain, and inline it would make
+    /// every stream's body 24 bytes bigger.
+    rest: Option<Box<Bytes>>,
+}
+
+/// How far one stream's notice has got.
+#[derive(Default)]
+enum Progress {
+    /// The stream has not seen the drain yet.
+    #[default]
+    Before,
+    /// Its moment in the notice window is ahead: it streams on untouched,
+    /// and the timer wakes it then.
+    Waiting(Pin<Box<Sleep>>),
+    /// Due: the notice goes in at the next event boundary.
+    Due,
+    /// Sent.
+    Sent,
 }
 
 impl<B> GracefulBody<B> {
@@ -121,14 +96,19 @@ impl<B> GracefulBody<B> {
 impl<B> Body for GracefulBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
+    // Inlined where the server polls it directly (it was, by itself, until
+    // the notice's schedule made it bigger): the path before the drain then
+    // costs what it did.
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let (mut body, guard, splice, wait) = match self.project().kind.project() {
             KindProj::Full { chunk } => return Poll::Ready(chunk.take().map(Frame::data).map(Ok)),
             KindProj::Inner {
@@ -144,7 +124,12 @@ where
             };
             let phase = shared.phase();
             if Shared::is_draining(phase) {
-                if let Some(frame) = splice.as_mut().and_then(|s| s.notice(shared)) {
+                let notice = splice.as_mut().and_then(|s| {
+                    let guard = guard.as_ref()?;
+                    s.schedule(guard, phase, cx);
+                    s.notice(guard)
+                });
+                if let Some(frame) = notice {
                     if shared.config.end_after_notice || Shared::is_forced(phase) {
                         end(guard, wait);
                     }
@@ -152,10 +137,16 @@ where
                 }
                 if Shared::is_forced(phase) {
                     end(guard, wait);
-                    return Poll::Ready(None);
+                    // An event stream ends cleanly: its client drops an
+                    // unfinished event and reconnects. Anything else was cut
+                    // short and must not look complete.
+                    if splice.is_some() || body.is_end_stream() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(DrainDeadline::boxed())));
                 }
                 if let Some(s) = splice.as_mut() {
-                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(rest)) {
+                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(*rest)) {
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
                 }
@@ -164,7 +155,7 @@ where
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Some(splice) = splice.as_mut() else {
-                        return polled;
+                        return polled.map_err(Into::into);
                     };
                     let draining = Shared::is_draining(shared.phase());
                     if !draining {
@@ -173,7 +164,7 @@ where
                         if let Some(data) = frame.data_ref() {
                             splice.boundary.advance(data);
                         }
-                        return polled;
+                        return polled.map_err(Into::into);
                     }
                     // Draining: take the frame out to cut it at a boundary.
                     let Poll::Ready(Some(Ok(frame))) = polled else {
@@ -190,7 +181,7 @@ where
                 Poll::Ready(_) => {
                     // The end, or an error: either way the response is over.
                     end(guard, wait);
-                    return polled;
+                    return polled.map_err(Into::into);
                 }
                 Poll::Pending => {
                     // Sleep until the inner body or the drain has news. A new
@@ -246,17 +237,43 @@ fn end(guard: &mut Option<Guard>, wait: &mut Option<Pin<Box<Waiter>>>) {
 }
 
 impl Splice {
-    /// The shutdown frame, if it is due here: draining, not yet sent, and the
+    /// Moves the notice on while draining: draws the stream's moment in the
+    /// notice window when it first sees the drain, and makes the notice due
+    /// once that moment has come (the timer is polled, so it wakes this
+    /// task) or the grace period has run out.
+    ///
+    /// Out of line, as is [`notice`](Self::notice): they run only while
+    /// draining, and inlined they would make the hot path's code bigger.
+    #[inline(never)]
+    fn schedule(&mut self, guard: &Guard, phase: usize, cx: &mut Context<'_>) {
+        if let Progress::Before = self.progress {
+            self.progress = match guard.shared().notice_due(guard.priority()) {
+                Some(at) => Progress::Waiting(Box::pin(tokio::time::sleep_until(at))),
+                None => Progress::Due,
+            };
+        }
+        if let Progress::Waiting(sleep) = &mut self.progress {
+            if Shared::is_forced(phase) || sleep.as_mut().poll(cx).is_ready() {
+                self.progress = Progress::Due;
+            }
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        matches!(self.progress, Progress::Due)
+    }
+
+    /// The shutdown frame, if it is due here: due, not yet sent, and the
     /// stream stands at an event boundary.
-    fn notice(&mut self, shared: &Shared) -> Option<Bytes> {
-        if self.notified || !self.boundary.is_boundary() {
+    #[inline(never)]
+    fn notice(&mut self, guard: &Guard) -> Option<Bytes> {
+        if !self.is_due() || !self.boundary.is_boundary() {
             return None;
         }
-        self.notified = true;
+        self.progress = Progress::Sent;
         self.skip_lf = self.boundary.after_cr();
         self.boundary = Boundary::default();
-        shared.count_notified();
-        Some(shared.frame().clone())
+        Some(guard.shared().notice(guard.priority()))
     }
 
     /// Tracks a data chunk of a draining body and returns what to send now.
@@ -273,10 +290,10 @@ impl Splice {
         }
         let before = self.boundary;
         match self.boundary.advance(&data) {
-            Some(at) if !self.notified && at < data.len() => {
+            Some(at) if self.is_due() && at < data.len() => {
                 self.boundary = before;
                 self.boundary.advance(&data[..at]);
-                self.rest = Some(data.split_off(at));
+                self.rest = Some(Box::new(data.split_off(at)));
                 Some(data)
             }
             _ => Some(data),
@@ -297,12 +314,35 @@ impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
                 .field("inner", body)
                 .field("ended", &guard.is_none())
                 .field("sse", &splice.is_some())
-                .field("notified", &splice.as_ref().is_some_and(|s| s.notified))
+                .field(
+                    "notified",
+                    &splice
+                        .as_ref()
+                        .is_some_and(|s| matches!(s.progress, Progress::Sent)),
+                )
                 .finish(),
             Kind::Full { chunk } => f
                 .debug_struct("GracefulBody")
                 .field("chunk", chunk)
                 .finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open stream holds one: axum boxes it, so its size is heap per
+    /// stream. The notice's progress (with its timer) and the cut chunk's
+    /// rest, both used only during the drain, must not make it grow.
+    #[test]
+    fn body_stays_small() {
+        assert!(size_of::<Splice>() <= 32, "{}", size_of::<Splice>());
+        assert!(
+            size_of::<GracefulBody<http_body_util::Empty<Bytes>>>() <= 64,
+            "{}",
+            size_of::<GracefulBody<http_body_util::Empty<Bytes>>>()
+        );
     }
 }

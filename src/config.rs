@@ -1,12 +1,23 @@
-//! Drain settings: grace period, notice text, reconnect delay, behaviour.
+//! Drain settings: grace period, notice text, reconnect delay and its spread,
+//! behaviour.
 
-use std::{fmt, time::Duration};
+use std::{borrow::Cow, fmt, time::Duration};
 
 /// The environment variable read by [`Config::from_env`] for the grace period.
 pub const GRACE_PERIOD_ENV: &str = "SHUTDOWN_GRACE_PERIOD";
 
 /// The environment variable read by [`Config::from_env`] for the reconnect delay.
 pub const RECONNECT_DELAY_ENV: &str = "SHUTDOWN_RECONNECT_DELAY";
+
+/// The environment variable read by [`Config::from_env`] for the linger.
+pub const LINGER_ENV: &str = "SHUTDOWN_LINGER";
+
+/// The environment variable read by [`Config::from_env`] for the reconnect
+/// jitter.
+pub const RECONNECT_JITTER_ENV: &str = "SHUTDOWN_RECONNECT_JITTER";
+
+/// The environment variable read by [`Config::from_env`] for the notice window.
+pub const NOTICE_WINDOW_ENV: &str = "SHUTDOWN_NOTICE_WINDOW";
 
 /// The longest duration accepted: one day. Anything longer is a typo.
 const MAX_SECONDS: f64 = 86_400.0;
@@ -30,18 +41,28 @@ const MAX_SECONDS: f64 = 86_400.0;
 pub struct Config {
     pub(crate) grace_period: Duration,
     pub(crate) reconnect_delay: Duration,
+    pub(crate) linger: Duration,
+    pub(crate) reconnect_jitter: Duration,
+    pub(crate) notice_window: Duration,
+    pub(crate) seed: Option<u64>,
     pub(crate) message: Option<String>,
     pub(crate) end_after_notice: bool,
     pub(crate) sse_rejection_as_notice: bool,
 }
 
 impl Default for Config {
-    /// A 20 s grace period, a 30 s reconnect delay, the seed's message, streams
-    /// ended right after their notice, SSE requests rejected with a notice.
+    /// A 20 s grace period, a reconnect delay of 30 s plus up to 15 s of
+    /// jitter, every notice at once (no window), a 1 s linger, the seed's
+    /// message, streams ended right after their notice, SSE requests rejected
+    /// with a notice.
     fn default() -> Self {
         Self {
             grace_period: Duration::from_secs(20),
             reconnect_delay: Duration::from_secs(30),
+            linger: Duration::from_secs(1),
+            reconnect_jitter: DEFAULT_JITTER,
+            notice_window: Duration::ZERO,
+            seed: None,
             message: None,
             end_after_notice: true,
             sse_rejection_as_notice: true,
@@ -50,8 +71,11 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The defaults, with the grace period read from `SHUTDOWN_GRACE_PERIOD`
-    /// and the reconnect delay from `SHUTDOWN_RECONNECT_DELAY`, where set.
+    /// The defaults, with the grace period read from `SHUTDOWN_GRACE_PERIOD`,
+    /// the reconnect delay from `SHUTDOWN_RECONNECT_DELAY`, its jitter from
+    /// `SHUTDOWN_RECONNECT_JITTER`, the notice window from
+    /// `SHUTDOWN_NOTICE_WINDOW` and the linger from `SHUTDOWN_LINGER`, where
+    /// set.
     ///
     /// Values are in seconds, whole or fractional (`20`, `0.5`, `0`).
     ///
@@ -59,7 +83,9 @@ impl Config {
     ///
     /// An unset variable gives the default; a value that is empty, not a
     /// number, negative, not finite or longer than a day is an error that names
-    /// the variable and the value.
+    /// the variable and the value. So is a notice window that does not end
+    /// before the grace period (see [`validate`](Self::validate)): the error
+    /// names both variables and their values.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut config = Self::default();
         if let Some(grace) = env_seconds(GRACE_PERIOD_ENV)? {
@@ -68,7 +94,57 @@ impl Config {
         if let Some(delay) = env_seconds(RECONNECT_DELAY_ENV)? {
             config.reconnect_delay = delay;
         }
+        if let Some(linger) = env_seconds(LINGER_ENV)? {
+            config.linger = linger;
+        }
+        if let Some(jitter) = env_seconds(RECONNECT_JITTER_ENV)? {
+            config.reconnect_jitter = jitter;
+        }
+        if let Some(window) = env_seconds(NOTICE_WINDOW_ENV)? {
+            config.notice_window = window;
+        }
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Checks the settings together: a non-zero
+    /// [notice window](Self::notice_window) must end before the
+    /// [grace period](Self::grace_period) does, so that every stream gets its
+    /// notice before the deadline ends the rest.
+    ///
+    /// [`from_env`](Self::from_env) calls it, and
+    /// [`DrainHandle::new`](crate::DrainHandle::new) panics on what it
+    /// rejects.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `SHUTDOWN_NOTICE_WINDOW`, both variables'
+    /// values and why.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_graceful_sse::Config;
+    ///
+    /// let config = Config::default().notice_window(Duration::from_secs(20));
+    /// assert_eq!(
+    ///     config.validate().unwrap_err().to_string(),
+    ///     "invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, \
+    ///      SHUTDOWN_GRACE_PERIOD=\"20\"; make the window shorter or the grace period longer"
+    /// );
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.notice_window.is_zero() && self.notice_window >= self.grace_period {
+            return Err(ConfigError::new(
+                NOTICE_WINDOW_ENV,
+                seconds(self.notice_window),
+                format!(
+                    "must end before the grace period, {GRACE_PERIOD_ENV}={:?}; \
+                     make the window shorter or the grace period longer",
+                    seconds(self.grace_period)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// How long a drain waits for streams to close before it ends the rest
@@ -81,9 +157,77 @@ impl Config {
 
     /// The delay clients are asked to wait before they reconnect (default
     /// 30 s): the frame's `retry:` field, its `reconnect_delay` and the
-    /// rejection's `Retry-After`.
+    /// rejection's `Retry-After`; each stream's own delay is drawn from
+    /// `reconnect_delay ..= reconnect_delay + reconnect_jitter`.
     pub fn reconnect_delay(mut self, reconnect_delay: Duration) -> Self {
         self.reconnect_delay = reconnect_delay;
+        self
+    }
+
+    /// How long after the grace period connections that still carry a
+    /// response are left to write what they hold (default 1 s); then they
+    /// are closed, whether or not their client reads.
+    ///
+    /// The end of the linger is the drain's [deadline](crate::Drain::deadline):
+    /// [`GracefulIo`](crate::GracefulIo), the axum listener and the
+    /// hyper-util watcher close their connections there, so a client that
+    /// stopped reading cannot keep the server alive.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// How much later than [`reconnect_delay`](Self::reconnect_delay) a
+    /// client may be asked to come back (default 15 s): each notice carries
+    /// its own delay, drawn uniformly from `reconnect_delay ..=
+    /// reconnect_delay + reconnect_jitter` in whole milliseconds, and its
+    /// `retry:`, `reconnect_delay` and default message agree. A `503`'s
+    /// `Retry-After` is drawn the same way, rounded up to whole seconds.
+    ///
+    /// Without it every client comes back to the surviving servers in the
+    /// same instant. Clients that honour `retry:` (browsers do, exactly)
+    /// return spread over the jitter: with the default 15 s, 10,000 streams
+    /// drained together give the successor about 670 reconnects in its
+    /// busiest second instead of all 10,000 (see `BENCHMARKS.md`). Zero gives
+    /// every stream the same frame, as before this setting existed.
+    pub fn reconnect_jitter(mut self, reconnect_jitter: Duration) -> Self {
+        self.reconnect_jitter = reconnect_jitter;
+        self
+    }
+
+    /// Spreads the notices over this long from the start of the drain
+    /// (default zero: every stream at once).
+    ///
+    /// Each stream draws a moment in the window, uniformly (as Envoy's
+    /// gradual drain does) within the band of its [`DrainPriority`]
+    /// (lowest first), when it first sees the drain, and keeps streaming
+    /// untouched until then; it gets its one notice at the first event
+    /// boundary from that moment on, an idle stream at that moment exactly.
+    /// At the end of the grace period every stream still open ends alike.
+    ///
+    /// It must end before the grace period: see [`validate`](Self::validate).
+    /// A window makes every drain last at least as long as it; it spreads the
+    /// load of clients that reconnect at once whatever `retry:` says, and lets
+    /// high-priority streams keep their server longest.
+    ///
+    /// Why no window by default: the [jitter](Self::reconnect_jitter) alone
+    /// already spreads clients that honour `retry:`, and a default window
+    /// would lengthen every drain (and every rolling update) by itself, and
+    /// turn any `SHUTDOWN_GRACE_PERIOD` at or under it into a configuration
+    /// error for users who set nothing else.
+    ///
+    /// [`DrainPriority`]: crate::DrainPriority
+    pub fn notice_window(mut self, notice_window: Duration) -> Self {
+        self.notice_window = notice_window;
+        self
+    }
+
+    /// Makes the per-stream delays and moments in the window a function of
+    /// `seed` and the order in which streams draw them, for tests. Without
+    /// it (the default) each drain seeds from the standard library's
+    /// `RandomState` and the clock.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -115,31 +259,50 @@ impl Config {
         self
     }
 
-    /// The message the shutdown event carries.
+    /// The message the shutdown event carries, for a stream whose delay is
+    /// exactly [`reconnect_delay`](Self::reconnect_delay) (with jitter, the
+    /// default message of each stream names its own delay).
     #[must_use]
     pub fn message_text(&self) -> String {
         match &self.message {
             Some(message) => message.clone(),
-            None => format!(
-                "Server restarting, please reconnect in {}s",
-                seconds(self.reconnect_delay)
-            ),
+            None => default_message(self.reconnect_delay),
         }
-    }
-
-    /// `Retry-After` wants whole seconds: round up so nobody comes back early.
-    pub(crate) fn retry_after_secs(&self) -> u64 {
-        self.reconnect_delay.as_secs() + u64::from(self.reconnect_delay.subsec_nanos() > 0)
     }
 }
 
-/// `30` for whole seconds, `1.5` otherwise.
-fn seconds(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        d.as_secs().to_string()
-    } else {
-        d.as_secs_f64().to_string()
+/// The default message's text around the delay in seconds.
+pub(crate) const DEFAULT_MESSAGE: (&str, &str) = ("Server restarting, please reconnect in ", "s");
+
+/// The default jitter: with uniform delays over 15 s, 10,000 clients put
+/// about 670 (6.7 %) into the successor's busiest second, under the 10 %
+/// asked for with room for chance; it adds 7.5 s to the mean wait.
+const DEFAULT_JITTER: Duration = Duration::from_secs(15);
+
+/// The default message for a delay.
+pub(crate) fn default_message(delay: Duration) -> String {
+    format!(
+        "{}{}{}",
+        DEFAULT_MESSAGE.0,
+        seconds(delay),
+        DEFAULT_MESSAGE.1
+    )
+}
+
+/// `Retry-After` wants whole seconds: round up so nobody comes back early.
+pub(crate) fn whole_seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `30` for whole seconds, `1.5` otherwise: exact, in decimal (a float would
+/// write 30.798 s as `30.798000000000002`), and a valid JSON number.
+pub(crate) fn seconds(d: Duration) -> String {
+    let nanos = d.subsec_nanos();
+    if nanos == 0 {
+        return d.as_secs().to_string();
     }
+    let fraction = format!("{nanos:09}");
+    format!("{}.{}", d.as_secs(), fraction.trim_end_matches('0'))
 }
 
 /// Reads a duration in seconds from the environment, if the variable is set.
@@ -191,15 +354,19 @@ pub(crate) fn parse_seconds(name: &'static str, value: &str) -> Result<Duration,
 pub struct ConfigError {
     name: &'static str,
     value: String,
-    reason: &'static str,
+    reason: Cow<'static, str>,
 }
 
 impl ConfigError {
-    fn new(name: &'static str, value: impl Into<String>, reason: &'static str) -> Self {
+    fn new(
+        name: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             name,
             value: value.into(),
-            reason,
+            reason: reason.into(),
         }
     }
 
@@ -258,12 +425,54 @@ mod tests {
             config.message_text(),
             "Server restarting, please reconnect in 30s"
         );
-        assert_eq!(config.retry_after_secs(), 30);
+        assert_eq!(whole_seconds_up(config.reconnect_delay), 30);
         let config = config.reconnect_delay(Duration::from_millis(2500));
         assert_eq!(
             config.message_text(),
             "Server restarting, please reconnect in 2.5s"
         );
-        assert_eq!(config.retry_after_secs(), 3);
+        assert_eq!(whole_seconds_up(config.reconnect_delay), 3);
+    }
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        let s = |ms| seconds(Duration::from_millis(ms));
+        assert_eq!(s(30_000), "30");
+        assert_eq!(s(30_798), "30.798");
+        assert_eq!(s(2_500), "2.5");
+        assert_eq!(s(1), "0.001");
+        assert_eq!(seconds(Duration::from_nanos(1_000_500_000)), "1.0005");
+        assert_eq!(seconds(Duration::from_nanos(100)), "0.0000001");
+    }
+
+    #[test]
+    fn window_must_end_before_the_grace_period() {
+        let config = |window: u64, grace: u64| {
+            Config::default()
+                .notice_window(Duration::from_millis(window))
+                .grace_period(Duration::from_millis(grace))
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(config(0, 0), Ok(()), "no window fits any grace period");
+        assert_eq!(config(0, 20_000), Ok(()));
+        assert_eq!(config(19_999, 20_000), Ok(()));
+        assert_eq!(
+            config(20_000, 20_000),
+            Err(
+                "invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, \
+                 SHUTDOWN_GRACE_PERIOD=\"20\"; make the window shorter or the grace period longer"
+                    .into()
+            )
+        );
+        assert_eq!(
+            config(2500, 500),
+            Err(
+                "invalid SHUTDOWN_NOTICE_WINDOW=\"2.5\": must end before the grace period, \
+                 SHUTDOWN_GRACE_PERIOD=\"0.5\"; make the window shorter or the grace period longer"
+                    .into()
+            )
+        );
+        assert!(Config::default().validate().is_ok());
     }
 }

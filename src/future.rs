@@ -1,6 +1,6 @@
 //! The response future.
 
-use crate::{GracefulBody, handle::Guard, service::is_spliceable};
+use crate::{DrainPriority, GracefulBody, shared::Guard, sse::is_spliceable};
 use bytes::Bytes;
 use http::Response;
 use http_body::Body;
@@ -68,7 +68,7 @@ where
                 Poll::Ready(res.map(|res| {
                     let sse = is_spliceable(&res);
                     if sse {
-                        guard.mark_sse();
+                        guard.mark_sse(res.extensions().get::<DrainPriority>().copied());
                     }
                     res.map(|body| GracefulBody::new(body, guard, sse))
                 }))

@@ -1,24 +1,11 @@
-//! The drain handle, the state it shares with every layer, and the drain task.
+//! The public handle: starts the drain and watches its progress.
 
 use crate::{
-    Config, GracefulSseLayer, sse,
-    state::{DRAINING, FORCED, State},
+    Config, Drain, DrainReport, Drained, GracefulSseLayer, Metrics, metrics, shared::Shared,
 };
-use bytes::Bytes;
 use std::{
     fmt,
-    future::Future,
-    pin::Pin,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
-    task::{Context, Poll, ready},
-    time::{Duration, SystemTime},
-};
-use tokio::{
-    sync::{Notify, futures::OwnedNotified},
-    time::Instant,
+    sync::{Arc, atomic::Ordering},
 };
 
 /// A cheap, cloneable handle that starts the drain and watches its progress.
@@ -42,16 +29,26 @@ use tokio::{
 /// assert!(handle.is_draining());
 /// # }
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DrainHandle {
     shared: Arc<Shared>,
 }
 
 impl DrainHandle {
     /// A handle with the given settings; no drain has started.
+    ///
+    /// # Panics
+    ///
+    /// If the settings do not fit together (a notice window that does not end
+    /// before the grace period), with the message of
+    /// [`Config::validate`], which says which: a mistake in the code that
+    /// builds the settings, found at start-up rather than at the drain.
+    /// [`Config::from_env`] already returns that error for the environment.
     pub fn new(config: Config) -> Self {
-        #[cfg(feature = "metrics")]
-        describe_metrics();
+        if let Err(err) = config.validate() {
+            panic!("{err}");
+        }
+        metrics::describe();
         Self {
             shared: Arc::new(Shared::new(config)),
         }
@@ -82,10 +79,84 @@ impl DrainHandle {
     /// inside a runtime then starts the drain.
     pub fn drain(&self) -> Drain {
         self.shared.start();
-        Drain {
-            shared: self.shared.clone(),
-            wait: None,
-        }
+        Drain::new(self.shared.clone())
+    }
+
+    /// Waits for the report of the drain, without starting one.
+    ///
+    /// Completes immediately if the drain is over; otherwise when whoever
+    /// calls [`drain`](Self::drain) sees it finish. This keeps the trigger
+    /// (your shutdown code) apart from those that only watch: a test, a
+    /// metrics task, a second server sharing the handle.
+    ///
+    /// ```
+    /// use tower_graceful_sse::{Config, DrainHandle};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let handle = DrainHandle::new(Config::default());
+    /// let watcher = tokio::spawn(handle.drained()); // does not start it
+    /// assert!(!handle.is_draining());
+    ///
+    /// let report = handle.drain().await;
+    /// assert_eq!(watcher.await.unwrap(), report);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future changes nothing.
+    pub fn drained(&self) -> Drained {
+        Drained::new(self.shared.clone())
+    }
+
+    /// Wraps an axum listener so that its connections are closed at the
+    /// drain's [deadline](Drain::deadline): see [`GracefulListener`](crate::GracefulListener).
+    ///
+    /// `axum::serve(handle.listener(listener), app)` is the one line that
+    /// keeps a client that stops reading from holding the server past the
+    /// grace period.
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn listener<L>(&self, listener: L) -> crate::GracefulListener<L> {
+        crate::GracefulListener::new(listener, self)
+    }
+
+    /// Watches a hyper connection: shuts it down gracefully when the drain
+    /// starts and drops it at the drain's [deadline](Drain::deadline). See
+    /// [`Watched`](crate::Watched).
+    ///
+    /// The counterpart of hyper-util's `GracefulShutdown::watch`, for
+    /// servers written with hyper-util's connection builders:
+    ///
+    /// ```
+    /// use hyper_util::{rt::{TokioExecutor, TokioIo}, server::conn::auto::Builder};
+    /// use tower_graceful_sse::{Config, DrainHandle};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let handle = DrainHandle::new(Config::default());
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// # let addr = listener.local_addr()?;
+    /// # tokio::spawn(tokio::net::TcpStream::connect(addr));
+    /// let (stream, _) = listener.accept().await?;
+    /// let service = hyper::service::service_fn(|_req| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+    /// });
+    /// let conn = Builder::new(TokioExecutor::new())
+    ///     .serve_connection(TokioIo::new(stream), service)
+    ///     .into_owned();
+    /// tokio::spawn(handle.watch(conn));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "hyper-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+    pub fn watch<C>(&self, conn: C) -> crate::Watched<C>
+    where
+        C: hyper_util::server::graceful::GracefulConnection,
+    {
+        crate::Watched::new(conn, self.shared.clone())
     }
 
     /// True once [`drain`](Self::drain) has been called.
@@ -125,7 +196,11 @@ impl DrainHandle {
     pub fn metrics(&self) -> Metrics {
         Metrics {
             sse_active_connections: self.sse_streams(),
-            sse_shutdown_duration_seconds: self.report().map(|r| r.elapsed.as_secs_f64()),
+            sse_shutdown_duration_seconds: match (self.report(), self.shared.plan.get()) {
+                (Some(report), _) => Some(report.elapsed.as_secs_f64()),
+                (None, Some(plan)) => Some(plan.started.elapsed().as_secs_f64()),
+                (None, None) => None,
+            },
             sse_force_closed_connections_total: self
                 .shared
                 .force_closed_total
@@ -138,6 +213,13 @@ impl DrainHandle {
     }
 }
 
+impl Default for DrainHandle {
+    /// A handle with [`Config::default`], as [`DrainHandle::new`] makes it.
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
+}
+
 impl fmt::Debug for DrainHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DrainHandle")
@@ -147,337 +229,4 @@ impl fmt::Debug for DrainHandle {
             .field("report", &self.report())
             .finish()
     }
-}
-
-/// What a drain did, resolved by [`Drain`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DrainReport {
-    /// Responses in flight (SSE or not) when the drain started.
-    pub in_flight: usize,
-    /// Of those, the open `text/event-stream` responses.
-    pub sse_streams: usize,
-    /// Open SSE streams whose shutdown frame was handed to the server to
-    /// write (rejected SSE requests, which get it too, count under
-    /// `rejected`).
-    pub notified: usize,
-    /// In-flight responses that ended within the grace period.
-    pub closed: usize,
-    /// Responses still open when the grace period ended, and ended by the
-    /// layer.
-    pub force_closed: usize,
-    /// Requests rejected since the drain started, up to the report.
-    pub rejected: usize,
-    /// From the start of the drain until the last response ended or the grace
-    /// period ran out.
-    pub elapsed: Duration,
-}
-
-impl fmt::Display for DrainReport {
-    /// One line for a log: `100 of 100 SSE streams notified, 101 of 101
-    /// responses closed in time, 0 force-closed, 2 requests rejected, in 1.204 s`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} of {} SSE streams notified, {} of {} responses closed in time, \
-             {} force-closed, {} requests rejected, in {:.3} s",
-            self.notified,
-            self.sse_streams,
-            self.closed,
-            self.in_flight,
-            self.force_closed,
-            self.rejected,
-            self.elapsed.as_secs_f64()
-        )
-    }
-}
-
-/// A snapshot of the metrics, named as in the seed design.
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct Metrics {
-    /// Open `text/event-stream` responses.
-    pub sse_active_connections: usize,
-    /// How long the drain took, once it has finished.
-    pub sse_shutdown_duration_seconds: Option<f64>,
-    /// Responses ended by the layer at the end of a grace period.
-    pub sse_force_closed_connections_total: u64,
-}
-
-/// The future returned by [`DrainHandle::drain`]: resolves to the drain's
-/// report when every response has ended or the grace period has run out.
-///
-/// # Cancel safety
-///
-/// Dropping it does not stop the drain; a new call to
-/// [`DrainHandle::drain`] returns a future of the same report.
-pub struct Drain {
-    shared: Arc<Shared>,
-    wait: Option<Pin<Box<OwnedNotified>>>,
-}
-
-impl Future for Drain {
-    type Output = DrainReport;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
-        loop {
-            if let Some(report) = self.shared.report.get() {
-                return Poll::Ready(*report);
-            }
-            // The report is set before `report_ready` fires, and a waiter hears
-            // every `notify_waiters` made after it was created: look again
-            // after creating one.
-            match &mut self.wait {
-                Some(wait) => {
-                    ready!(wait.as_mut().poll(cx));
-                    self.wait = None;
-                }
-                None => {
-                    let wait = self.shared.report_ready.clone().notified_owned();
-                    self.wait = Some(Box::pin(wait));
-                }
-            }
-        }
-    }
-}
-
-impl fmt::Debug for Drain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Drain")
-            .field("report", &self.shared.report.get())
-            .finish()
-    }
-}
-
-/// The state behind a handle, shared by its clones, layers and bodies.
-pub(crate) struct Shared {
-    /// The in-flight count and the phase, in one word.
-    state: State,
-    sse: AtomicUsize,
-    rejected: AtomicUsize,
-    notified: AtomicUsize,
-    force_closed_total: AtomicU64,
-    /// Fired on each phase change; bodies wait on it while their inner body
-    /// is pending.
-    pub(crate) changed: Arc<Notify>,
-    /// Fired when the last in-flight response ends during a drain.
-    all_closed: Notify,
-    report_ready: Arc<Notify>,
-    /// Set once, before `DRAINING`, by the first `drain()`.
-    frame: OnceLock<Bytes>,
-    report: OnceLock<DrainReport>,
-    pub(crate) config: Config,
-}
-
-impl Default for Shared {
-    fn default() -> Self {
-        Self::new(Config::default())
-    }
-}
-
-impl Shared {
-    fn new(config: Config) -> Self {
-        Self {
-            state: State::new(),
-            sse: AtomicUsize::new(0),
-            rejected: AtomicUsize::new(0),
-            notified: AtomicUsize::new(0),
-            force_closed_total: AtomicU64::new(0),
-            changed: Arc::new(Notify::new()),
-            all_closed: Notify::new(),
-            report_ready: Arc::new(Notify::new()),
-            frame: OnceLock::new(),
-            report: OnceLock::new(),
-            config,
-        }
-    }
-
-    /// `DRAINING | FORCED` bits.
-    #[inline]
-    pub(crate) fn phase(&self) -> usize {
-        self.state.phase()
-    }
-
-    #[inline]
-    pub(crate) fn is_draining(phase: usize) -> bool {
-        phase & DRAINING != 0
-    }
-
-    #[inline]
-    pub(crate) fn is_forced(phase: usize) -> bool {
-        phase & FORCED != 0
-    }
-
-    /// Counts a request in, or refuses it because the drain has started.
-    ///
-    /// Either the request is counted before the drain starts (and the drain
-    /// waits for it and notifies its stream), or it is rejected: see
-    /// [`State::admit`]. No request slips between the two.
-    pub(crate) fn admit(self: &Arc<Self>) -> Option<Guard> {
-        if self.state.admit() {
-            return Some(Guard {
-                shared: self.clone(),
-                sse: false,
-            });
-        }
-        self.rejected.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-
-    /// The shutdown frame; present once the drain has started.
-    pub(crate) fn frame(&self) -> &Bytes {
-        self.frame.get().expect("the frame is set before DRAINING")
-    }
-
-    pub(crate) fn count_notified(&self) {
-        self.notified.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn start(self: &Arc<Self>) {
-        if Self::is_draining(self.phase()) {
-            return;
-        }
-        // Fail before the state changes: a drain marked started with no task
-        // to run it would never end.
-        let runtime = tokio::runtime::Handle::try_current()
-            .expect("DrainHandle::drain must first be called inside a Tokio runtime");
-        // Whoever sees `DRAINING` finds the frame: it is set first.
-        self.frame.get_or_init(|| {
-            sse::shutdown_frame(
-                &self.config.message_text(),
-                self.config.reconnect_delay,
-                SystemTime::now(),
-            )
-        });
-        let started = Instant::now();
-        let Some(in_flight) = self.state.start_drain() else {
-            return; // started by an earlier call
-        };
-        let sse = self.sse.load(Ordering::Acquire);
-        self.changed.notify_waiters();
-        runtime.spawn(self.clone().run_drain(started, in_flight, sse));
-    }
-
-    async fn run_drain(self: Arc<Self>, started: Instant, in_flight: usize, sse_streams: usize) {
-        let grace = self.config.grace_period;
-        tracing::info!(
-            in_flight,
-            grace_period_secs = grace.as_secs_f64(),
-            "SSE drain started: new requests are rejected"
-        );
-        tracing::info!("Active SSE connections: {sse_streams}");
-        tracing::info!("Notifying {sse_streams} active connections of shutdown");
-
-        let deadline = tokio::time::sleep_until(started + grace);
-        tokio::pin!(deadline);
-        let mut ticks =
-            tokio::time::interval_at(started + Duration::from_millis(500), Duration::from_secs(1));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let open = || self.state.count();
-        let force_closed = loop {
-            let closed = self.all_closed.notified();
-            if open() == 0 {
-                break 0;
-            }
-            tokio::select! {
-                biased;
-                () = closed => {}
-                () = &mut deadline => break self.force_close(),
-                _ = ticks.tick() => tracing::info!(
-                    "Waiting for {} connections to close ({:.1}s elapsed)",
-                    open(),
-                    started.elapsed().as_secs_f64()
-                ),
-            }
-        };
-        let report = DrainReport {
-            in_flight,
-            sse_streams,
-            notified: self.notified.load(Ordering::Acquire),
-            closed: in_flight.saturating_sub(force_closed),
-            force_closed,
-            rejected: self.rejected.load(Ordering::Acquire),
-            elapsed: started.elapsed(),
-        };
-        tracing::info!(
-            notified = report.notified,
-            closed = report.closed,
-            force_closed = report.force_closed,
-            rejected = report.rejected,
-            duration_secs = report.elapsed.as_secs_f64(),
-            "Graceful shutdown complete"
-        );
-        #[cfg(feature = "metrics")]
-        metrics::gauge!("sse_shutdown_duration_seconds").set(report.elapsed.as_secs_f64());
-        let _ = self.report.set(report);
-        self.report_ready.notify_waiters();
-    }
-
-    /// Ends the grace period: every body still open ends at its next poll.
-    fn force_close(&self) -> usize {
-        let open = self.state.force_close();
-        self.changed.notify_waiters();
-        self.force_closed_total
-            .fetch_add(open as u64, Ordering::Relaxed);
-        #[cfg(feature = "metrics")]
-        metrics::counter!("sse_force_closed_connections_total").increment(open as u64);
-        if open > 0 {
-            tracing::warn!("Force closing {open} remaining connections");
-        }
-        open
-    }
-}
-
-/// One in-flight response. It moves from the response future into the body,
-/// and releases its count when dropped, whatever ends the response.
-pub(crate) struct Guard {
-    shared: Arc<Shared>,
-    sse: bool,
-}
-
-impl Guard {
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// Marks this response as an SSE stream that can be notified.
-    pub(crate) fn mark_sse(&mut self) {
-        if !self.sse {
-            self.sse = true;
-            self.shared.sse.fetch_add(1, Ordering::AcqRel);
-            #[cfg(feature = "metrics")]
-            metrics::gauge!("sse_active_connections").increment(1.0);
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.sse {
-            self.shared.sse.fetch_sub(1, Ordering::AcqRel);
-            #[cfg(feature = "metrics")]
-            metrics::gauge!("sse_active_connections").decrement(1.0);
-        }
-        if self.shared.state.release() {
-            self.shared.all_closed.notify_one();
-        }
-    }
-}
-
-/// Describes the three metrics to the installed `metrics` recorder.
-#[cfg(feature = "metrics")]
-fn describe_metrics() {
-    metrics::describe_gauge!("sse_active_connections", "Open text/event-stream responses");
-    metrics::describe_gauge!(
-        "sse_shutdown_duration_seconds",
-        metrics::Unit::Seconds,
-        "Duration of the last drain"
-    );
-    metrics::describe_counter!(
-        "sse_force_closed_connections_total",
-        "Responses ended at the end of a grace period"
-    );
-    // Show the series from the start, at zero, rather than only once used.
-    metrics::gauge!("sse_active_connections").increment(0.0);
-    metrics::counter!("sse_force_closed_connections_total").increment(0);
 }

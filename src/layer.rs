@@ -1,6 +1,6 @@
 //! The layer.
 
-use crate::{DrainHandle, GracefulSse, handle::Shared};
+use crate::{DrainHandle, GracefulSse, shared::Shared};
 use std::{fmt, sync::Arc};
 use tower_layer::Layer;
 

@@ -12,20 +12,48 @@
 //!   request that accepts `text/event-stream`, a `200` stream that carries only
 //!   the shutdown frame (see [`Config::sse_rejection_as_notice`] for why);
 //! - every open `text/event-stream` body gets one frame spliced in at an event
-//!   boundary, never inside an event, at once if the stream is idle:
+//!   boundary, never inside an event, at once if the stream is idle (or at
+//!   its moment in the [notice window](Config::notice_window), lowest
+//!   [`DrainPriority`] first):
 //!
 //!   ```text
-//!   retry: 30000
+//!   retry: 37215
 //!   event: shutdown
-//!   data: {"type":"shutdown","message":"Server restarting, please reconnect in 30s","timestamp":"2025-01-02T13:00:00.000Z","reconnect_delay":30}
+//!   data: {"type":"shutdown","message":"Server restarting, please reconnect in 37.215s","timestamp":"2025-01-02T13:00:00.000Z","reconnect_delay":37.215}
 //!
 //!   ```
 //!
-//!   and then ends (or runs on, see [`Config::end_after_notice`]);
+//!   and then ends (or runs on, see [`Config::end_after_notice`]). Each
+//!   stream's delay is its own, drawn from 30 s to 30 + 15 s
+//!   ([`Config::reconnect_delay`], [`Config::reconnect_jitter`]), so that the
+//!   clients do not all come back to the surviving servers in the same
+//!   instant;
 //! - the drain waits up to the grace period ([`Config::grace_period`],
 //!   `SHUTDOWN_GRACE_PERIOD`, default 20 s) for bodies to end, then ends the
-//!   rest cleanly (a normal end of stream, never a reset), and resolves to a
-//!   [`DrainReport`].
+//!   rest, and resolves to a [`DrainReport`]: an event stream ends cleanly (its
+//!   client drops an unfinished event and reconnects after `retry:`), any
+//!   other body is cut with [`DrainDeadline`] so that it never looks complete.
+//!
+//! # Clients that stop reading
+//!
+//! A client that stops reading (a phone in a tunnel, a frozen background tab)
+//! fills the socket buffers: the server stops polling its response body, so
+//! the layer cannot end it, and the connection stays open. Left alone, it
+//! keeps `axum::serve(..).with_graceful_shutdown(..)` (or any graceful
+//! shutdown) waiting until the process is killed. Close such connections at
+//! the drain's [deadline](Drain::deadline), the end of the grace period plus a
+//! short [linger](Config::linger) (default 1 s) that lets the last bytes out:
+//!
+//! - axum: serve [`DrainHandle::listener`]`(listener)` instead of the listener
+//!   (cargo feature `axum`);
+//! - hyper-util: spawn [`DrainHandle::watch`]`(connection)` instead of the
+//!   connection (cargo feature `hyper-util`); it also shuts the connection
+//!   down gracefully when the drain starts;
+//! - any other server: wrap each connection's IO in [`GracefulIo`], or bound
+//!   each connection with `tokio::time::timeout_at(drain.deadline(), conn)`.
+//!
+//! Healthy streams are not affected: they have had their notice and ended long
+//! before.
 //!
 //! # Metrics
 //!
@@ -37,17 +65,17 @@
 //!
 //! # Caveats
 //!
-//! - Only bodies the server polls can be ended: a body stuck behind a client
-//!   that stops reading is counted as force-closed at the deadline, but its
-//!   connection stays open until the server closes it.
 //! - A compressed event stream (`Content-Encoding` other than `identity`) is
 //!   counted but never spliced, and if it is still open at the deadline it is
 //!   cut there, so the client's decoder reports a truncated stream. Put the
 //!   compression layer outside this one: the notice is then compressed with
 //!   the rest. (tower-http's default predicate never compresses event
 //!   streams.) `RELIABILITY.md` shows each order.
-//! - A non-SSE body with a known length that is still running at the deadline
-//!   ends short, which the server reports to the client as an error.
+//! - A body that is not an event stream (a CSV download, a long JSON response)
+//!   and is still running at the deadline is cut: it fails with
+//!   [`DrainDeadline`], so the server aborts it (HTTP/1.1 closes the
+//!   connection without the final chunk, HTTP/2 resets the stream) and the
+//!   client reports a truncated transfer instead of taking it for a whole one.
 //! - [`DrainHandle::drain`] spawns the drain task: call it inside a Tokio
 //!   runtime.
 //!
@@ -80,39 +108,68 @@
 //!
 //! let res = service.oneshot(Request::new(())).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-//! assert_eq!(res.headers()["retry-after"], "30");
+//! let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+//! assert!((30..=45).contains(&retry_after)); // 30 s plus up to 15 s of jitter
 //! # }
 //! ```
 //!
 //! With axum, put the layer on the streaming routes (`Router::route_layer`)
-//! so health checks and metrics stay answerable during the drain, and let
+//! so health checks and metrics stay answerable during the drain, serve
+//! [`DrainHandle::listener`]`(listener)`, and let
 //! `axum::serve(..).with_graceful_shutdown(..)` wait for the drain's report:
-//! the streams are then closed and the server exits. The `analytics` example
-//! shows the whole integration.
+//! the streams are then closed and the server exits, at the latest at the
+//! deadline. The `analytics` example shows the whole integration.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, rust_2018_idioms)]
 #![deny(unreachable_pub)]
 
 mod body;
 mod config;
+mod drain;
+mod error;
 mod future;
 mod handle;
+mod io;
 mod layer;
+#[cfg(feature = "axum")]
+mod listener;
+mod metrics;
+mod priority;
+mod report;
+mod schedule;
 mod service;
+mod shared;
 mod sse;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod state;
 #[cfg(not(loom))]
 mod state;
+#[cfg(feature = "hyper-util")]
+mod watch;
 
 pub use body::GracefulBody;
-pub use config::{Config, ConfigError, GRACE_PERIOD_ENV, RECONNECT_DELAY_ENV};
+pub use config::{
+    Config, ConfigError, GRACE_PERIOD_ENV, LINGER_ENV, NOTICE_WINDOW_ENV, RECONNECT_DELAY_ENV,
+    RECONNECT_JITTER_ENV,
+};
+pub use drain::{Drain, Drained};
+pub use error::{BoxError, DrainDeadline};
 pub use future::ResponseFuture;
-pub use handle::{Drain, DrainHandle, DrainReport, Metrics};
+pub use handle::DrainHandle;
+pub use io::GracefulIo;
 pub use layer::GracefulSseLayer;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use listener::GracefulListener;
+pub use priority::DrainPriority;
+pub use report::{DrainReport, Metrics};
 pub use service::GracefulSse;
+#[cfg(feature = "hyper-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]
+pub use watch::Watched;
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

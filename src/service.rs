@@ -1,6 +1,9 @@
 //! The service: admits or rejects each request.
 
-use crate::{DrainHandle, GracefulBody, GracefulSseLayer, ResponseFuture, handle::Shared};
+use crate::{
+    DrainHandle, DrainPriority, GracefulBody, GracefulSseLayer, ResponseFuture, schedule::Draw,
+    shared::Shared, sse::accepts_event_stream,
+};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::Body;
@@ -65,22 +68,30 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        match self.shared.admit() {
-            Some(guard) => ResponseFuture::admitted(self.inner.call(req), guard),
-            None => ResponseFuture::rejected(rejection(&self.shared, &req)),
+        // Set by a middleware in front: one map lookup per request, none per
+        // frame.
+        let priority = req
+            .extensions()
+            .get::<DrainPriority>()
+            .copied()
+            .unwrap_or_default();
+        match self.shared.admit(priority) {
+            Ok(guard) => ResponseFuture::admitted(self.inner.call(req), guard),
+            Err(index) => ResponseFuture::rejected(rejection(&self.shared, &req, index)),
         }
     }
 }
 
-/// The answer to a request that arrives while draining.
+/// The answer to the `index`th request that arrives while draining.
 ///
 /// `503` with `Retry-After`, except that a request for an event stream gets,
 /// by default, `200` with the shutdown frame alone: see
 /// [`Config::sse_rejection_as_notice`](crate::Config::sse_rejection_as_notice).
-fn rejection<B>(shared: &Shared, req: &Request<B>) -> Response<Bytes> {
+/// Either carries the rejection's own delay, spread as the notices' are.
+fn rejection<B>(shared: &Shared, req: &Request<B>, index: usize) -> Response<Bytes> {
     let config = &shared.config;
     let mut res = if config.sse_rejection_as_notice && accepts_event_stream(req) {
-        let mut res = Response::new(shared.frame().clone());
+        let mut res = Response::new(shared.plan().frame(Draw::Rejection, index));
         let headers = res.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -100,7 +111,7 @@ fn rejection<B>(shared: &Shared, req: &Request<B>) -> Response<Bytes> {
         );
         headers.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(config.retry_after_secs()),
+            HeaderValue::from(shared.plan().retry_after(index)),
         );
         res
     };
@@ -110,32 +121,6 @@ fn rejection<B>(shared: &Shared, req: &Request<B>) -> Response<Bytes> {
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res
-}
-
-fn accepts_event_stream<B>(req: &Request<B>) -> bool {
-    const SSE: &[u8] = b"text/event-stream";
-    req.headers().get_all(header::ACCEPT).iter().any(|value| {
-        value
-            .as_bytes()
-            .windows(SSE.len())
-            .any(|w| w.eq_ignore_ascii_case(SSE))
-    })
-}
-
-/// True for a `text/event-stream` response whose bytes are plain SSE: the
-/// notice cannot be spliced into a compressed stream.
-pub(crate) fn is_spliceable<B>(res: &Response<B>) -> bool {
-    let headers = res.headers();
-    let event_stream = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"));
-    let plain = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    event_stream && plain
 }
 
 impl<S: fmt::Debug> fmt::Debug for GracefulSse<S> {

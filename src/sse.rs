@@ -1,25 +1,126 @@
-//! SSE framing: the shutdown frame and the event-boundary tracker.
+//! Everything about the event-stream format: which requests and responses
+//! are event streams, the shutdown frame and the event-boundary tracker.
 
-use bytes::Bytes;
+use crate::config::{DEFAULT_MESSAGE, seconds};
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, header};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Encodes the shutdown frame once per drain; every stream gets a clone.
+/// True if the request accepts `text/event-stream`: an `EventSource`.
+pub(crate) fn accepts_event_stream<B>(req: &Request<B>) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    req.headers().get_all(header::ACCEPT).iter().any(|value| {
+        value
+            .as_bytes()
+            .windows(SSE.len())
+            .any(|w| w.eq_ignore_ascii_case(SSE))
+    })
+}
+
+/// True for a `text/event-stream` response whose bytes are plain SSE: the
+/// notice cannot be spliced into a compressed stream.
+pub(crate) fn is_spliceable<B>(res: &Response<B>) -> bool {
+    let headers = res.headers();
+    let event_stream = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"));
+    let plain = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    event_stream && plain
+}
+
+/// The shutdown frame, encoded once per drain around the parts that vary
+/// between streams: the reconnect delay (and the default message, which
+/// names it).
 ///
 /// The frame carries `retry:` (milliseconds) so that a plain `EventSource`
 /// reconnects after the delay, and no `id:` so the client's Last-Event-ID
 /// survives the notice.
-pub(crate) fn shutdown_frame(message: &str, reconnect_delay: Duration, now: SystemTime) -> Bytes {
-    let message = serde_json::Value::from(message);
-    let delay = if reconnect_delay.subsec_nanos() == 0 {
-        serde_json::Value::from(reconnect_delay.as_secs())
-    } else {
-        serde_json::Value::from(reconnect_delay.as_secs_f64())
-    };
-    Bytes::from(format!(
-        "retry: {}\nevent: shutdown\ndata: {{\"type\":\"shutdown\",\"message\":{message},\"timestamp\":\"{}\",\"reconnect_delay\":{delay}}}\n\n",
-        reconnect_delay.as_millis(),
-        iso8601_millis(now),
-    ))
+pub(crate) struct NoticeFrame {
+    /// The frame with the configured delay: what every stream gets without
+    /// jitter, a clone of one buffer.
+    base: Bytes,
+    /// The frame as text between holes, for a stream's own delay.
+    pieces: Vec<Piece>,
+}
+
+enum Piece {
+    Text(Box<str>),
+    /// `retry:` in milliseconds.
+    Millis,
+    /// The delay in seconds, in the message and as a JSON number: `30`,
+    /// `37.215`.
+    Seconds,
+}
+
+impl NoticeFrame {
+    /// Encodes the frame's shared parts; `message` `None` is the default
+    /// message, which names each stream's delay.
+    pub(crate) fn new(message: Option<&str>, base: Duration, now: SystemTime) -> Self {
+        let mut pieces = vec![
+            Piece::Text("retry: ".into()),
+            Piece::Millis,
+            Piece::Text("\nevent: shutdown\ndata: {\"type\":\"shutdown\",\"message\":".into()),
+        ];
+        match message {
+            Some(message) => pieces.push(Piece::Text(json(message).into())),
+            None => {
+                // The message's JSON string around the seconds: neither part
+                // nor a number needs escaping, but encode them all the same.
+                let (head, tail) = DEFAULT_MESSAGE;
+                let head = json(head);
+                let tail = json(tail);
+                pieces.push(Piece::Text(head[..head.len() - 1].into()));
+                pieces.push(Piece::Seconds);
+                pieces.push(Piece::Text(tail[1..].into()));
+            }
+        }
+        pieces.extend([
+            Piece::Text(
+                format!(
+                    r#","timestamp":"{}","reconnect_delay":"#,
+                    iso8601_millis(now)
+                )
+                .into(),
+            ),
+            Piece::Seconds,
+            Piece::Text("}\n\n".into()),
+        ]);
+        let mut frame = Self {
+            base: Bytes::new(),
+            pieces,
+        };
+        frame.base = frame.render(base);
+        frame
+    }
+
+    /// The frame with the configured delay.
+    pub(crate) fn base(&self) -> &Bytes {
+        &self.base
+    }
+
+    /// The frame for one stream's own delay: the shared parts copied, the
+    /// delay written three times.
+    pub(crate) fn render(&self, delay: Duration) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.base.len() + 24);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => out.extend_from_slice(text.as_bytes()),
+                Piece::Millis => out.extend_from_slice(delay.as_millis().to_string().as_bytes()),
+                Piece::Seconds => out.extend_from_slice(seconds(delay).as_bytes()),
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// A string as a JSON string literal.
+fn json(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
 }
 
 /// Formats a time as ISO 8601 UTC with milliseconds: `2025-01-02T13:00:00.000Z`.
@@ -193,17 +294,39 @@ mod tests {
         chunks.iter().map(|c| b.advance(c)).collect()
     }
 
+    fn shutdown_frame(message: &str, delay: Duration, now: SystemTime) -> Bytes {
+        NoticeFrame::new(Some(message), delay, now).base().clone()
+    }
+
     #[test]
     fn frame_is_byte_exact() {
         let now = UNIX_EPOCH + Duration::from_millis(1_735_822_800_000);
+        let expected: &[u8] = b"retry: 30000\nevent: shutdown\ndata: {\"type\":\"shutdown\",\"message\":\"Server restarting, please reconnect in 30s\",\"timestamp\":\"2025-01-02T13:00:00.000Z\",\"reconnect_delay\":30}\n\n";
         let frame = shutdown_frame(
             "Server restarting, please reconnect in 30s",
             Duration::from_secs(30),
             now,
         );
+        assert_eq!(&*frame, expected);
+        // The default message, encoded once, and rendered again for the
+        // same delay, give the same bytes.
+        let template = NoticeFrame::new(None, Duration::from_secs(30), now);
+        assert_eq!(&**template.base(), expected);
+        assert_eq!(&*template.render(Duration::from_secs(30)), expected);
+    }
+
+    #[test]
+    fn rendered_frame_names_its_own_delay_three_times() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_735_822_800_000);
+        let template = NoticeFrame::new(None, Duration::from_secs(30), now);
         assert_eq!(
-            &*frame,
-            b"retry: 30000\nevent: shutdown\ndata: {\"type\":\"shutdown\",\"message\":\"Server restarting, please reconnect in 30s\",\"timestamp\":\"2025-01-02T13:00:00.000Z\",\"reconnect_delay\":30}\n\n"
+            &*template.render(Duration::from_millis(37_215)),
+            b"retry: 37215\nevent: shutdown\ndata: {\"type\":\"shutdown\",\"message\":\"Server restarting, please reconnect in 37.215s\",\"timestamp\":\"2025-01-02T13:00:00.000Z\",\"reconnect_delay\":37.215}\n\n"
+        );
+        let custom = NoticeFrame::new(Some("bye"), Duration::from_secs(30), now);
+        assert_eq!(
+            &*custom.render(Duration::from_millis(31_500)),
+            b"retry: 31500\nevent: shutdown\ndata: {\"type\":\"shutdown\",\"message\":\"bye\",\"timestamp\":\"2025-01-02T13:00:00.000Z\",\"reconnect_delay\":31.5}\n\n"
         );
     }
 

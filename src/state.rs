@@ -6,9 +6,9 @@
 #![cfg_attr(not(loom), allow(unreachable_pub))]
 
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The drain has started: requests are rejected.
 pub const DRAINING: usize = 0b01;
@@ -87,5 +87,69 @@ impl State {
     /// Ends the grace period; returns the number of requests still open.
     pub fn force_close(&self) -> usize {
         self.word.fetch_or(FORCED, Ordering::AcqRel) / ONE
+    }
+}
+
+/// The notices sent during a drain: how many of each priority, and when the
+/// first and the last went out. Touched only by notices, never before the
+/// drain.
+#[derive(Debug)]
+pub struct NoticeLog {
+    /// Nanoseconds from the start of the drain; `u64::MAX` before any.
+    first: AtomicU64,
+    last: AtomicU64,
+    by_priority: [AtomicUsize; 3],
+}
+
+/// What a [`NoticeLog`] held at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notices {
+    /// Notices of each priority, lowest first.
+    pub by_priority: [usize; 3],
+    /// First and last, in nanoseconds from the start of the drain; `None`
+    /// while no notice is counted.
+    pub first_last: Option<(u64, u64)>,
+}
+
+impl Default for NoticeLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NoticeLog {
+    /// No notice yet.
+    pub fn new() -> Self {
+        Self {
+            first: AtomicU64::new(u64::MAX),
+            last: AtomicU64::new(0),
+            by_priority: std::array::from_fn(|_| AtomicUsize::new(0)),
+        }
+    }
+
+    /// Counts one notice of the priority at `priority`, sent `at` nanoseconds
+    /// after the start of the drain.
+    ///
+    /// The times go in before the count, which releases them: whoever sees
+    /// the count sees the times.
+    pub fn record(&self, priority: usize, at: u64) {
+        self.first.fetch_min(at, Ordering::Relaxed);
+        self.last.fetch_max(at, Ordering::Relaxed);
+        self.by_priority[priority].fetch_add(1, Ordering::Release);
+    }
+
+    /// The counts, then the times: never a counted notice without its time.
+    pub fn snapshot(&self) -> Notices {
+        let by_priority = [0, 1, 2].map(|p| self.by_priority[p].load(Ordering::Acquire));
+        let first_last = (by_priority.iter().sum::<usize>() > 0).then(|| {
+            (
+                self.first.load(Ordering::Relaxed),
+                self.last.load(Ordering::Relaxed),
+            )
+        });
+        Notices {
+            by_priority,
+            first_last,
+        }
     }
 }

@@ -50,7 +50,7 @@ async fn requests_after_drain_are_rejected_without_reaching_the_service() {
 
     let (res, _conn) = request(addr, "/count", "*/*").await;
     assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()[header::RETRY_AFTER], "30");
+    assert_default_retry_after(&res);
     assert_eq!(res.headers()[header::CONNECTION], "close");
     assert!(
         body_bytes(res.into_body())
@@ -85,7 +85,7 @@ async fn sse_rejection_can_be_a_plain_503() {
     within(handle.drain()).await;
     let (res, _conn) = request(addr, "/idle", "text/event-stream").await;
     assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()[header::RETRY_AFTER], "30");
+    assert_default_retry_after(&res);
     assert!(
         body_bytes(res.into_body())
             .await
@@ -117,7 +117,11 @@ async fn no_request_reaches_the_service_once_the_drain_is_visible() {
         seed ^= seed << 17;
         let fire_after = (seed % 200) as usize;
 
-        let handle = DrainHandle::new(Config::default().grace_period(Duration::from_secs(60)));
+        let handle = DrainHandle::new(
+            Config::default()
+                .grace_period(Duration::from_secs(60))
+                .reconnect_jitter(Duration::ZERO),
+        );
         let served = Arc::new(AtomicUsize::new(0));
         let late = Arc::new(AtomicUsize::new(0));
         let service = {
@@ -218,4 +222,14 @@ async fn no_request_reaches_the_service_once_the_drain_is_visible() {
         assert_eq!(handle.in_flight(), 0);
         assert_eq!(handle.sse_streams(), 0);
     }
+}
+
+/// `Retry-After` with the default delay and jitter: whole seconds in 30..=45.
+fn assert_default_retry_after<B>(res: &http::Response<B>) {
+    let secs: u64 = res.headers()[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((30..=45).contains(&secs), "{secs}");
 }

@@ -147,6 +147,7 @@ async fn client_leaving_while_its_notice_is_written_is_released() {
         Config::default()
             .message(message.clone())
             .end_after_notice(false)
+            .reconnect_jitter(Duration::ZERO)
             .grace_period(Duration::from_secs(60)),
     );
     let addr = serve(

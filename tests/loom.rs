@@ -16,7 +16,7 @@ use loom::{
     },
     thread,
 };
-use tower_graceful_sse::state::{DRAINING, FORCED, State};
+use tower_graceful_sse::state::{DRAINING, FORCED, NoticeLog, Notices, State};
 
 /// One request: admitted (reaching the "inner service", then released, which
 /// wakes the drain if it was the last) or rejected. Returns whether it was
@@ -169,5 +169,49 @@ fn exactly_one_release_wakes_the_drain() {
         assert_eq!(state.count(), 0);
         // The drain found requests in flight iff one release must wake it.
         assert_eq!(wakes.load(SeqCst), usize::from(in_flight > 0));
+    });
+}
+
+/// Notices recorded from two streams while the drain reads the log for its
+/// report: a report never counts a notice without its time, the times are
+/// the earliest and latest recorded, and each priority counts its own.
+#[test]
+fn notice_log_never_counts_a_notice_without_its_time() {
+    model(|| {
+        let log = Arc::new(NoticeLog::new());
+        let streams: Vec<_> = [(0, 30), (2, 10)]
+            .into_iter()
+            .map(|(priority, at)| {
+                let log = log.clone();
+                thread::spawn(move || log.record(priority, at))
+            })
+            .collect();
+        // The drain, at any point among them.
+        let seen = log.snapshot();
+        let counted: usize = seen.by_priority.iter().sum();
+        match seen.first_last {
+            None => assert_eq!(counted, 0),
+            Some((first, last)) => {
+                assert!(counted > 0);
+                // Every counted notice's time is in: first and last
+                // bracket them.
+                if seen.by_priority[0] == 1 {
+                    assert!(first <= 30 && last >= 30, "{seen:?}");
+                }
+                if seen.by_priority[2] == 1 {
+                    assert!(first <= 10 && last >= 10, "{seen:?}");
+                }
+            }
+        }
+        for s in streams {
+            s.join().unwrap();
+        }
+        assert_eq!(
+            log.snapshot(),
+            Notices {
+                by_priority: [1, 0, 1],
+                first_last: Some((10, 30)),
+            }
+        );
     });
 }

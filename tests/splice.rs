@@ -1,6 +1,8 @@
 //! Property test of the splice: arbitrary event streams, cut into arbitrary
 //! chunks, drained at an arbitrary point, run through the real `GracefulBody`
-//! and read back by an independent parser (eventsource-stream).
+//! and read back by an independent parser (eventsource-stream). Three
+//! settings: every notice at once with one frame, with per-stream jitter, and
+//! with a notice window whose moment comes at another arbitrary point.
 //!
 //! `PROPTEST_CASES` sets the number of cases (256 by default, a few seconds).
 
@@ -81,8 +83,24 @@ fn chunking() -> impl Strategy<Value = Vec<usize>> {
     ]
 }
 
+/// How the notice is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// No jitter, no window: one frame, `retry: 30000`, at once.
+    Instant,
+    /// 10 s of jitter: the stream's own delay.
+    Jitter,
+    /// A window (and the default jitter): the notice is due only once the
+    /// stream's moment has come, when `due_at` chunks have been fed.
+    Window { due_at: usize },
+}
+
+/// The window of `Mode::Window`, under paused time.
+const WINDOW: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 struct Case {
+    mode: Mode,
     input: Vec<u8>,
     chunks: Vec<Bytes>,
     /// Chunks the body has read when the drain starts.
@@ -92,15 +110,16 @@ struct Case {
     end_after_notice: bool,
 }
 
-fn case() -> impl Strategy<Value = Case> {
+fn case(mode: Mode) -> impl Strategy<Value = Case> {
     (
         input(),
         chunking(),
         any::<Index>(),
         any::<bool>(),
         any::<bool>(),
+        any::<Index>(),
     )
-        .prop_map(|(input, sizes, at, preload, end_after_notice)| {
+        .prop_map(move |(input, sizes, at, preload, end_after_notice, due)| {
             let mut chunks = Vec::new();
             let mut start = 0;
             for size in sizes.iter().cycle() {
@@ -112,7 +131,14 @@ fn case() -> impl Strategy<Value = Case> {
                 start = end;
             }
             let drain_at = at.index(chunks.len() + 1);
+            let mode = match mode {
+                Mode::Window { .. } => Mode::Window {
+                    due_at: drain_at + due.index(chunks.len() + 1 - drain_at),
+                },
+                other => other,
+            };
             Case {
+                mode,
                 input,
                 chunks,
                 drain_at,
@@ -180,12 +206,16 @@ fn parse(bytes: &[u8]) -> Vec<Event> {
 
 /// Runs one case through the layer and returns what the client received.
 async fn run(case: &Case) -> (Vec<u8>, tower_graceful_sse::DrainReport) {
-    let handle = DrainHandle::new(
-        Config::default()
-            .message(MARKER)
-            .grace_period(Duration::from_secs(3600))
-            .end_after_notice(case.end_after_notice),
-    );
+    let config = Config::default()
+        .message(MARKER)
+        .grace_period(Duration::from_secs(3600))
+        .end_after_notice(case.end_after_notice);
+    let handle = DrainHandle::new(match case.mode {
+        Mode::Instant => config.reconnect_jitter(Duration::ZERO),
+        Mode::Jitter => config.reconnect_jitter(Duration::from_secs(10)),
+        // With this seed the stream's moment is well inside the window.
+        Mode::Window { .. } => config.notice_window(WINDOW).seed(1),
+    });
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     let rx = Arc::new(Mutex::new(Some(rx)));
     let service = ServiceBuilder::new()
@@ -220,6 +250,21 @@ async fn run(case: &Case) -> (Vec<u8>, tower_graceful_sse::DrainReport) {
         }
     }
     let drain = handle.drain();
+    if let Mode::Window { due_at } = case.mode {
+        // Before its moment the stream passes everything untouched, even
+        // where it stands at a boundary. Time stands still meanwhile.
+        let mut sent = case.drain_at + usize::from(case.preload);
+        while sent < due_at {
+            tx.send(chunks.next().unwrap().clone()).unwrap();
+            sent += 1;
+        }
+        if due_at > case.drain_at {
+            assert!(!pump(&mut body, &mut out).await, "ended before its moment");
+            let fed: usize = case.chunks[..due_at].iter().map(Bytes::len).sum();
+            same(&out, &case.input[..fed], "untouched before its moment");
+        }
+        tokio::time::advance(WINDOW).await;
+    }
     for chunk in chunks {
         tx.send(chunk.clone()).unwrap();
     }
@@ -237,13 +282,19 @@ async fn run(case: &Case) -> (Vec<u8>, tower_graceful_sse::DrainReport) {
 
 /// Where the notice must go: the drain point if the stream stands at a
 /// boundary there, else the last boundary of the first chunk that holds one.
+///
+/// With a window, "the drain point" is where the stream's moment came.
 fn expected_notice_at(case: &Case) -> Option<usize> {
     let boundary = boundaries(&case.input);
-    let mut start: usize = case.chunks[..case.drain_at].iter().map(Bytes::len).sum();
+    let due_at = match case.mode {
+        Mode::Window { due_at } => due_at,
+        _ => case.drain_at,
+    };
+    let mut start: usize = case.chunks[..due_at].iter().map(Bytes::len).sum();
     if boundary[start] {
         return Some(start);
     }
-    for chunk in &case.chunks[case.drain_at..] {
+    for chunk in &case.chunks[due_at..] {
         let end = start + chunk.len();
         if let Some(p) = (start + 1..=end).rev().find(|&p| boundary[p]) {
             return Some(p);
@@ -255,7 +306,7 @@ fn expected_notice_at(case: &Case) -> Option<usize> {
 
 fn check(case: &Case, out: &[u8], report: tower_graceful_sse::DrainReport) {
     let input = &case.input[..];
-    let frame_start = out.windows(14).position(|w| w == b"retry: 30000\ne");
+    let frame_start = notice_start(out);
     let Some(at) = expected_notice_at(case) else {
         // The stream never stood at a boundary after the drain.
         assert_eq!(frame_start, None, "a notice without a boundary");
@@ -280,6 +331,12 @@ fn check(case: &Case, out: &[u8], report: tower_graceful_sse::DrainReport) {
         same(after, &input[at + skip..], "the rest after the notice");
     }
     assert_eq!(report.notified, 1);
+    if case.mode == Mode::Instant {
+        assert!(out[at..].starts_with(b"retry: 30000\nevent: shutdown\n"));
+    }
+    if let Mode::Window { .. } = case.mode {
+        assert_eq!(report.first_notice, Some(WINDOW), "sent before its moment");
+    }
 
     // What an EventSource sees: the input's events up to the boundary, one
     // shutdown event, then the rest or the end.
@@ -291,7 +348,22 @@ fn check(case: &Case, out: &[u8], report: tower_graceful_sse::DrainReport) {
     assert_eq!(notices.len(), 1, "{got:?}");
     let j = notices[0];
     assert_eq!(got[j].event, "shutdown");
-    assert_eq!(got[j].retry, Some(Duration::from_secs(30)));
+    let retry = got[j].retry.unwrap();
+    let data: serde_json::Value = serde_json::from_str(&got[j].data).unwrap();
+    assert_eq!(
+        (data["reconnect_delay"].as_f64().unwrap() * 1000.0).round() as u128,
+        retry.as_millis(),
+        "retry: and reconnect_delay agree"
+    );
+    let most = match case.mode {
+        Mode::Instant => 30,
+        Mode::Jitter => 40,
+        Mode::Window { .. } => 45,
+    };
+    assert!(
+        (Duration::from_secs(30)..=Duration::from_secs(most)).contains(&retry),
+        "{retry:?}"
+    );
     assert_eq!(got[..j], expected[..j], "events before the notice");
     if case.end_after_notice {
         assert_eq!(got.len(), j + 1);
@@ -300,12 +372,51 @@ fn check(case: &Case, out: &[u8], report: tower_graceful_sse::DrainReport) {
     }
 }
 
+/// Where the notice's `retry:` line starts: the notice is the only event
+/// whose message is `MARKER`.
+fn notice_start(out: &[u8]) -> Option<usize> {
+    let tail = format!("\nevent: shutdown\ndata: {{\"type\":\"shutdown\",\"message\":\"{MARKER}\"");
+    let end = out.windows(tail.len()).position(|w| w == tail.as_bytes())?;
+    let start = out[..end].windows(7).rposition(|w| w == b"retry: ")?;
+    assert!(out[start + 7..end].iter().all(u8::is_ascii_digit));
+    Some(start)
+}
+
+fn run_case(case: &Case) -> Result<(), TestCaseError> {
+    // Paused, so that a window's moment comes only when the test says.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let (out, report) = rt.block_on(run(case));
+    check(case, &out, report);
+    prop_assert_eq!(
+        (report.in_flight, report.closed, report.force_closed),
+        (1, 1, 0)
+    );
+    Ok(())
+}
+
 proptest! {
     #[test]
-    fn drained_stream_is_its_events_then_one_notice_then_the_rest_or_the_end(case in case()) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        let (out, report) = rt.block_on(run(&case));
-        check(&case, &out, report);
-        prop_assert_eq!((report.in_flight, report.closed, report.force_closed), (1, 1, 0));
+    fn drained_stream_is_its_events_then_one_notice_then_the_rest_or_the_end(
+        case in case(Mode::Instant)
+    ) {
+        run_case(&case)?;
+    }
+
+    #[test]
+    fn with_jitter_the_notice_carries_its_own_delay_and_the_splice_holds(
+        case in case(Mode::Jitter)
+    ) {
+        run_case(&case)?;
+    }
+
+    #[test]
+    fn with_a_window_the_stream_is_untouched_until_its_moment_then_spliced_alike(
+        case in case(Mode::Window { due_at: 0 })
+    ) {
+        run_case(&case)?;
     }
 }

@@ -148,17 +148,27 @@ pub async fn feed_bytes(feed: &Feed, bytes: &[u8]) {
     }
 }
 
-/// The shutdown event's JSON, checked field by field.
+/// The shutdown event's JSON with the default settings, checked field by
+/// field: the stream's own delay, within 30 s and 30 + 15 s of jitter, agrees
+/// in `retry:`, `reconnect_delay` and the message.
 pub fn assert_shutdown_event(event: &Event) {
     assert_eq!(event.event, "shutdown");
-    assert_eq!(event.retry, Some(Duration::from_secs(30)));
+    let retry = event.retry.expect("the notice carries retry:");
+    assert!(
+        (Duration::from_secs(30)..=Duration::from_secs(45)).contains(&retry),
+        "{retry:?}"
+    );
     let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
     assert_eq!(data["type"], "shutdown");
+    let delay = &data["reconnect_delay"];
+    assert_eq!(
+        (delay.as_f64().unwrap() * 1000.0).round() as u128,
+        retry.as_millis()
+    );
     assert_eq!(
         data["message"],
-        "Server restarting, please reconnect in 30s"
+        format!("Server restarting, please reconnect in {delay}s")
     );
-    assert_eq!(data["reconnect_delay"], 30);
     let ts = data["timestamp"].as_str().unwrap();
     assert_eq!(ts.len(), 24, "{ts}");
     assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
@@ -240,6 +250,13 @@ where
 
 /// A client connection; dropping it closes the socket at once.
 pub struct Conn(JoinHandle<()>);
+
+impl Conn {
+    /// Wraps the task that drives a client connection.
+    pub fn new(task: JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
 
 impl Drop for Conn {
     fn drop(&mut self) {

@@ -1,7 +1,7 @@
 // Drives the analytics page in headless Chromium through a server restart.
 //
 // Usage: node restart.mjs <page url> <screenshot dir>
-// Protocol with tests/analytics.rs, one line each on stdout:
+// Protocol with examples/analytics/tests/analytics.rs, one line each on stdout:
 //   MIDWAY          the report is streaming and part-way: stop the server now
 //   STATE <state>   the page's connection state changed
 //   RESULT <json>   the page's final state
@@ -27,14 +27,17 @@ try {
 
   // Record every state the person watching would have seen.
   const states = [];
+  const texts = [];
   const notices = new Set();
   let shot = false;
   const deadline = Date.now() + 60_000;
   for (;;) {
     const now = await page.evaluate(() => ({
       state: window.report.state,
+      text: document.getElementById("state").textContent,
       notice: document.getElementById("notice").textContent,
     }));
+    if (texts[texts.length - 1] !== now.text) texts.push(now.text);
     if (states[states.length - 1] !== now.state) {
       states.push(now.state);
       console.log(`STATE ${now.state}`);
@@ -55,7 +58,7 @@ try {
     complete: window.report.complete,
     stateText: document.getElementById("state").textContent,
   }));
-  console.log(`RESULT ${JSON.stringify({ ...result, states, notices: [...notices] })}`);
+  console.log(`RESULT ${JSON.stringify({ ...result, states, texts, notices: [...notices] })}`);
 } finally {
   await browser.close();
 }

@@ -1,22 +1,30 @@
 //! ga4-analytics-api: an analytics server whose report streams survive a
 //! rolling restart.
 //!
-//! Run with: `cargo run --example analytics`, open <http://127.0.0.1:3000/>,
-//! and send the server SIGTERM (`kill $(pgrep -f examples/analytics)`) or press
+//! Run with: `cargo run -p analytics`, open <http://127.0.0.1:3000/>,
+//! and send the server SIGTERM (`pkill -TERM -x analytics`) or press
 //! Ctrl-C while a report streams: the page shows the restart notice, waits,
 //! and resumes the report where it stopped on the next server you start.
+//!
+//! Routes: `/` (the page), `/api/v1/analytics/stream` (a report as SSE,
+//! resumable), `/api/v1/analytics/realtime` (endless SSE of realtime
+//! figures), `/api/v1/analytics/export` (a report as CSV), `/healthz/live`,
+//! `/healthz/ready` (503 during the drain) and `/metrics`.
 //!
 //! Environment:
 //! - `BIND` (default `127.0.0.1`) and `PORT` (default `3000`);
 //! - `SHUTDOWN_GRACE_PERIOD` (seconds, default 20) and
 //!   `SHUTDOWN_RECONNECT_DELAY` (seconds, default 30);
 //! - `ANALYTICS_EVENT_INTERVAL_MS`: pace of the report, one day of rows per
-//!   interval (default 100);
+//!   interval, and of the realtime stream, one event per interval (default
+//!   100; 0 = as fast as the client reads);
 //! - `POD_NAME` (else the host name): the `pod` label of the metrics;
 //! - `RUST_LOG` (default `info`).
 
-mod report;
-
+use analytics::{
+    realtime,
+    report::{Params, Report, ReportEvent, Row},
+};
 use axum::{
     Json, Router,
     extract::{Query, State},
@@ -29,7 +37,6 @@ use axum::{
 };
 use futures_util::{StreamExt, stream};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use report::{Params, ReportEvent};
 use serde_json::json;
 use std::{collections::HashMap, convert::Infallible, process::ExitCode, time::Duration};
 use tokio::signal::unix::{SignalKind, signal};
@@ -79,6 +86,10 @@ async fn run() -> Result<(), StartError> {
         .install_recorder()
         .map_err(|e| StartError(1, format!("cannot install the metrics recorder: {e}")))?;
     tracing::info!(?config, "configuration");
+    match raise_fd_limit() {
+        Ok(limit) => tracing::info!("open files limit: {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
 
     let drain = DrainHandle::new(config);
     let state = AppState {
@@ -90,7 +101,10 @@ async fn run() -> Result<(), StartError> {
         .await
         .map_err(|e| StartError(1, format!("cannot listen on {addr}: {e}")))?;
     tracing::info!("listening on http://{addr}/");
-    axum::serve(listener, app(state))
+    // `drain.listener`: at the drain's deadline (grace period + linger), the
+    // connections still open are closed, so a client that stopped reading
+    // cannot keep the process alive until Kubernetes kills it.
+    axum::serve(drain.listener(listener), app(state))
         .with_graceful_shutdown(shutdown(drain))
         .await
         .map_err(|e| StartError(1, format!("server error: {e}")))?;
@@ -104,10 +118,11 @@ fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/stream", get(stream_report))
         .route("/export", get(export_report))
+        .route("/realtime", get(stream_realtime))
         .route_layer(state.drain.layer());
     Router::new()
         .nest("/api/v1/analytics", api)
-        .route("/", get(|| async { Html(include_str!("page.html")) }))
+        .route("/", get(|| async { Html(include_str!("../page.html")) }))
         .route("/healthz/live", get(|| async { "ok" }))
         .route("/healthz/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -115,7 +130,8 @@ fn app(state: AppState) -> Router {
 }
 
 /// Waits for SIGTERM or SIGINT, then drains; resolving lets `axum::serve`
-/// finish, which it does as soon as the drained connections have closed.
+/// finish, which it does as soon as the drained connections have closed, and
+/// at the latest at the drain's deadline.
 async fn shutdown(drain: DrainHandle) {
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -155,76 +171,115 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// `GET /api/v1/analytics/stream?report=<name>&days=<n>`: the report as SSE,
 /// resumed after `Last-Event-ID` (header, or `last_event_id` for clients that
-/// reconnect by hand).
+/// reconnect by hand). Each event is computed when it is sent; a resume
+/// starts at the next index without replaying the report. Resuming after the
+/// last event answers `204 No Content`, which tells an `EventSource` the
+/// stream is over (it stops reconnecting); an unknown id is a 400.
 async fn stream_report(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, BadRequest> {
-    let params = params(&query)?;
-    let events = report::events(&params);
-    let last_id = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("?").to_owned())
-        .or_else(|| query.get("last_event_id").cloned());
-    let start = match last_id.as_deref() {
-        None | Some("") => 0,
+    let report = Report::new(params(&query)?);
+    let start = match last_event_id(&query, &headers) {
+        None => 0,
         Some(id) => match id.parse::<usize>() {
-            Ok(id) if id < events.len() => id + 1,
+            Ok(id) if id < report.event_count() => id + 1,
             _ => return Err(BadRequest(format!("unknown Last-Event-ID {id:?}"))),
         },
     };
-    tracing::debug!(?params, start, "report stream");
+    if start == report.event_count() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    tracing::debug!(?report, start, "report stream");
     let pace = state.pace;
-    let stream = stream::iter(events.into_iter().enumerate().skip(start)).then(
+    let stream = stream::iter(report.events_from(start)).then(
         move |(id, ReportEvent { name, data })| async move {
             if name != "status" {
-                tokio::time::sleep(pace).await;
+                pause(pace).await;
             }
-            Ok::<_, Infallible>(
-                Event::default()
-                    .id(id.to_string())
-                    .event(name)
-                    .data(data.to_string()),
-            )
+            Ok::<_, Infallible>(Event::default().id(id.to_string()).event(name).data(data))
         },
     );
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(Sse::new(stream).keep_alive(keep_alive()).into_response())
+}
+
+/// `Last-Event-ID` from the header, else from the `last_event_id` query
+/// parameter; `None` when absent or empty (a fresh start).
+fn last_event_id(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .or_else(|| query.get("last_event_id").cloned())
+        .filter(|id| !id.is_empty())
+}
+
+/// `GET /api/v1/analytics/realtime`: an endless SSE stream of realtime
+/// figures, one `realtime` event per `ANALYTICS_EVENT_INTERVAL_MS` (or as fast
+/// as the client reads when it is 0), numbered by `id:`. A reconnect with
+/// `Last-Event-ID` goes on from the next number.
+async fn stream_realtime(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, BadRequest> {
+    let first = match last_event_id(&query, &headers) {
+        None => 0,
+        Some(id) => id
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| id.checked_add(1))
+            .ok_or_else(|| BadRequest(format!("unknown Last-Event-ID {id:?}")))?,
+    };
+    let pace = state.pace;
+    let stream = stream::iter(first..).then(move |seq| async move {
+        if seq != first {
+            pause(pace).await;
+        }
+        Ok::<_, Infallible>(
+            Event::default()
+                .id(seq.to_string())
+                .event("realtime")
+                .data(realtime::figures(seq).to_string()),
+        )
+    });
+    Ok(Sse::new(stream).keep_alive(keep_alive()).into_response())
+}
+
+/// A comment line every 15 s on an otherwise quiet stream, so proxies and
+/// clients do not time it out.
+fn keep_alive() -> KeepAlive {
+    KeepAlive::new().interval(Duration::from_secs(15))
+}
+
+/// Waits `pace` between two events; with a pace of 0 only yields, so the
+/// stream goes as fast as its client reads and no timer is set.
+async fn pause(pace: Duration) {
+    if pace.is_zero() {
+        tokio::task::yield_now().await;
+    } else {
+        tokio::time::sleep(pace).await;
+    }
 }
 
 /// `GET /api/v1/analytics/export?report=<name>&days=<n>`: the report's rows
-/// as CSV, streamed at the report's pace: a download that a restart lets
-/// finish within the grace period.
+/// as CSV, streamed at the report's pace, one day computed at a time: a
+/// download that a restart lets finish within the grace period.
 async fn export_report(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, BadRequest> {
-    let params = params(&query)?;
+    let report = Report::new(params(&query)?);
     let pace = state.pace;
-    let days = report::events(&params)
-        .into_iter()
-        .filter(|e| e.name == "result")
-        .map(|e| {
-            let mut csv = String::new();
-            for row in e.data["rows"].as_array().into_iter().flatten() {
-                csv += &format!(
-                    "{},{},{},{},{}\n",
-                    row["date"].as_str().unwrap_or_default(),
-                    row["source"].as_str().unwrap_or_default(),
-                    row["sessions"],
-                    row["users"],
-                    row["pageviews"]
-                );
-            }
-            csv
-        });
+    let days = stream::iter(0..report.days()).then(move |day| {
+        let report = report.clone();
+        async move {
+            pause(pace).await;
+            report.rows(day).iter().map(Row::csv).collect::<String>()
+        }
+    });
     let body = stream::once(async { "date,source,sessions,users,pageviews\n".to_owned() })
-        .chain(stream::iter(days).then(move |csv| async move {
-            tokio::time::sleep(pace).await;
-            csv
-        }))
+        .chain(days)
         .map(Ok::<_, Infallible>);
     Ok((
         [(header::CONTENT_TYPE, "text/csv")],
@@ -273,4 +328,28 @@ fn pod_name() -> String {
         .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Raises the soft limit on open files to the hard limit and returns it:
+/// every stream holds a socket, and the usual soft limit of 1,024 would
+/// refuse connections long before memory runs out (the hard limit is often
+/// far higher; Go's runtime raises it the same way at start).
+fn raise_fd_limit() -> std::io::Result<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
 }

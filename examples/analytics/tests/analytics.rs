@@ -3,12 +3,10 @@
 //!
 //! `cargo test` builds the example before it runs these tests.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
-#[allow(dead_code)]
-#[path = "../examples/analytics/report.rs"]
-mod report;
-
+use analytics::report;
 use common::*;
 use serde_json::Value;
 use std::{
@@ -23,21 +21,9 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// The example binary, built by `cargo test` next to the test binaries.
+/// The example binary, built by `cargo test` before these tests.
 fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join("analytics");
-    assert!(
-        path.exists(),
-        "{} is missing: run the whole suite (`cargo test --all-features`), which builds the examples",
-        path.display()
-    );
-    path
+    PathBuf::from(env!("CARGO_BIN_EXE_analytics"))
 }
 
 /// A free loopback port, to start two servers on the same one in turn.
@@ -54,6 +40,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     logs: Arc<Mutex<String>>,
+    /// The tasks copying stdout and stderr into `logs`; they end at EOF.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -69,24 +57,26 @@ impl Server {
             .spawn()
             .unwrap();
         let logs = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for out in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let logs = logs.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let mut logs = logs.lock().unwrap();
                     logs.push_str(&line);
                     logs.push('\n');
                 }
-            });
+            }));
         }
         let server = Server {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             logs,
+            readers,
         };
         until(|| server.logs().contains("listening on")).await;
         server
@@ -110,6 +100,11 @@ impl Server {
             .await
             .expect("the server did not exit within 30 s")
             .unwrap();
+        // Every line it wrote before exiting is in `logs` once both pipes
+        // reach their end.
+        for reader in self.readers.drain(..) {
+            within(reader).await.unwrap();
+        }
         status.code().expect("exited by a signal")
     }
 }
@@ -126,10 +121,13 @@ fn report_rows(name: &str, days: u32) -> Vec<Value> {
         report: name.into(),
         days,
     };
-    report::events(&params)
-        .into_iter()
-        .filter(|e| e.name == "result")
-        .flat_map(|e| e.data["rows"].as_array().unwrap().clone())
+    report::Report::new(params)
+        .events_from(0)
+        .filter(|(_, e)| e.name == "result")
+        .flat_map(|(_, e)| {
+            let data: Value = serde_json::from_str(&e.data).unwrap();
+            data["rows"].as_array().unwrap().clone()
+        })
         .collect()
 }
 
@@ -320,6 +318,180 @@ async fn bad_parameters_get_a_json_400() {
 }
 
 #[tokio::test]
+async fn resuming_after_the_last_event_answers_204() {
+    let server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "0")]).await;
+    let path = "/api/v1/analytics/stream?report=done&days=9";
+    let mut events = sse(server.addr, path).await;
+    let all = rest(&mut events).await;
+    let last = all.last().unwrap();
+    assert_eq!(last.event, "complete");
+
+    // The report is complete: an EventSource that reconnects with the last
+    // id is told to stop (204), by header or by query parameter.
+    for (path, headers) in [
+        (path.to_owned(), vec![("last-event-id", last.id.as_str())]),
+        (format!("{path}&last_event_id={}", last.id), vec![]),
+    ] {
+        let mut all_headers = vec![("accept", "text/event-stream")];
+        all_headers.extend(headers);
+        let (res, _conn) = request_with(server.addr, &path, &all_headers).await;
+        assert_eq!(res.status(), 204, "{path}");
+        assert!(body_bytes(res.into_body()).await.is_empty());
+    }
+    // One before the last still streams the last event; one after is unknown.
+    let before = (last.id.parse::<usize>().unwrap() - 1).to_string();
+    let mut events = sse_with(server.addr, path, &[("last-event-id", &before)]).await;
+    let tail = rest(&mut events).await;
+    assert_eq!(tail.len(), 1);
+    assert_eq!(
+        (tail[0].id.as_str(), tail[0].data.as_str()),
+        (last.id.as_str(), last.data.as_str())
+    );
+    let after = (last.id.parse::<usize>().unwrap() + 1).to_string();
+    let (res, _conn) = request_with(server.addr, path, &[("last-event-id", &after)]).await;
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn the_realtime_stream_is_endless_numbered_and_drained() {
+    let mut server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "0")]).await;
+    let path = "/api/v1/analytics/realtime";
+
+    // A pace of 0: as fast as the client reads, far beyond one report.
+    let mut events = sse(server.addr, path).await;
+    for seq in 0..5_000u64 {
+        let event = next(&mut events).await;
+        assert_eq!(
+            (event.event.as_str(), event.id.as_str()),
+            ("realtime", &*seq.to_string())
+        );
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(data["seq"], seq);
+        let sum: u64 = data["sources"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(data["active_users"], sum);
+        assert!(sum > 0);
+    }
+
+    // A reconnect goes on after its Last-Event-ID; garbage is a 400.
+    let mut resumed = sse_with(server.addr, path, &[("last-event-id", "41")]).await;
+    assert_eq!(next(&mut resumed).await.id, "42");
+    let (res, _conn) = request_with(server.addr, path, &[("last-event-id", "x")]).await;
+    assert_eq!(res.status(), 400);
+
+    // Behind the drain layer: both streams get the notice and end.
+    server.signal("TERM");
+    for stream in [&mut events, &mut resumed] {
+        // Bounded in time: a stream the drain missed would never end.
+        let notice = within(async {
+            loop {
+                let event = next(stream).await;
+                if event.event != "realtime" {
+                    break event;
+                }
+            }
+        })
+        .await;
+        assert_shutdown_event(&notice);
+        assert!(
+            within(stream.next_raw()).await.is_none(),
+            "the stream ends after the notice"
+        );
+    }
+    assert_eq!(server.exit_code().await, 0);
+}
+
+/// The endless stream's worst client: 20 readers of `/realtime` (as fast as
+/// they read) that stop reading after the response head, sockets open and
+/// buffers full. SIGTERM with a 2 s grace period: the process still exits 0
+/// within 4 s, because `DrainHandle::listener` closes their connections at
+/// the deadline (grace + 1 s linger). Without it, it never exits.
+#[tokio::test]
+async fn stalled_readers_of_the_realtime_stream_cannot_hold_the_process() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = Server::start(
+        free_port(),
+        &[
+            ("ANALYTICS_EVENT_INTERVAL_MS", "0"),
+            ("SHUTDOWN_GRACE_PERIOD", "2"),
+        ],
+    )
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET /api/v1/analytics/realtime HTTP/1.1\r\nhost: test\r\n\
+                  accept: text/event-stream\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut head = [0; 64];
+        let n = within(stream.read(&mut head)).await.unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+        stalled.push(stream); // and never read again
+    }
+    // At a pace of 0 their events fill the kernel's send buffers (which grow
+    // to a few MB each) and then hyper's: wait until the bytes queued on the
+    // server's sockets stop growing, so that the server is truly stuck.
+    let queued = || {
+        let port = format!(":{:04X} ", server.addr.port());
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with(&port[..5]))
+            })
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(4)?
+                    .split(':')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .map(|tx| u64::from_str_radix(&tx, 16).unwrap())
+            .sum::<u64>()
+    };
+    let mut last = 0;
+    let mut still = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while still < 3 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = queued();
+            still = if now == last && now > 0 { still + 1 } else { 0 };
+            last = now;
+        }
+    })
+    .await
+    .expect("the stalled sockets never filled up");
+    eprintln!("{last} bytes queued on the server's side of the stalled sockets");
+
+    let sigterm = Instant::now();
+    server.signal("TERM");
+    let code = tokio::time::timeout(Duration::from_secs(4), server.exit_code())
+        .await
+        .unwrap_or_else(|_| panic!("still running 4 s after SIGTERM:\n{}", server.logs()));
+    let took = sigterm.elapsed();
+    assert_eq!(code, 0, "{}", server.logs());
+    eprintln!("20 stalled readers: exit 0 {took:?} after SIGTERM");
+    assert!(
+        took >= Duration::from_secs(2),
+        "exited before the grace period: {took:?}"
+    );
+    drop(stalled);
+}
+
+#[tokio::test]
 async fn a_second_sigint_exits_at_once() {
     let mut server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "100")]).await;
     // A 36 s download keeps the drain going.
@@ -338,21 +510,24 @@ async fn a_second_sigint_exits_at_once() {
 /// The page in headless Chromium, through a restart: it shows the notice,
 /// finds no server when it comes back and backs off, then reconnects by
 /// itself to the next server and completes the report with every row once.
-/// Screenshots land in `target/`.
+/// Screenshots land in `target/tmp/` (`CARGO_TARGET_TMPDIR`).
 #[tokio::test]
 async fn browser_page_survives_a_restart() {
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists(),
-        "run `npm ci --prefix tests/browser` (and install Debian's chromium) first; `.ci/run` does both"
+        "run `npm ci --prefix examples/analytics/tests/browser` (and install Debian's chromium) first; `./scripts/test` does both"
     );
-    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&shots).unwrap();
 
     let port = free_port();
     let env = [
         ("ANALYTICS_EVENT_INTERVAL_MS", "60"),
-        ("SHUTDOWN_RECONNECT_DELAY", "1"),
+        // Long enough to watch the countdown go down second by second.
+        ("SHUTDOWN_RECONNECT_DELAY", "3"),
+        // Exactly 3 s, so that the page's notice reads as asserted below.
+        ("SHUTDOWN_RECONNECT_JITTER", "0"),
     ];
     let mut first = Server::start(port, &env).await;
     let mut driver = Command::new("node")
@@ -409,9 +584,28 @@ async fn browser_page_survives_a_restart() {
         .map(|n| n.as_str().unwrap())
         .collect();
     assert!(
-        notices.contains(&"Server restarting, please reconnect in 1s"),
+        notices.contains(&"Server restarting, please reconnect in 3s"),
         "{notices:?}"
     );
+    // "back in N s" counts down, one second at a time.
+    let countdown: Vec<u64> = result["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| {
+            t.as_str()?
+                .strip_prefix("server restarting, back in ")?
+                .strip_suffix(" s")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(countdown.len() >= 3, "{countdown:?} in {}", result["texts"]);
+    assert!(
+        countdown.windows(2).all(|w| w[1] + 1 == w[0]),
+        "{countdown:?}"
+    );
+    assert_eq!(countdown.last(), Some(&1));
     let states: Vec<&str> = result["states"]
         .as_array()
         .unwrap()
@@ -431,4 +625,57 @@ async fn browser_page_survives_a_restart() {
         "every row exactly once, in order"
     );
     assert!(shots.join("analytics-restarting.png").exists());
+}
+
+/// The page in headless Chromium where the server says no: a bad report
+/// name and `days=0` show the server's 400 message and stop (no retry
+/// loop), the form's own check of the name works in Chromium, and a resume
+/// after the last event (204) shows the report complete and stops too.
+#[tokio::test]
+async fn browser_page_shows_a_refusal_and_stops() {
+    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let server = Server::start(free_port(), &[("ANALYTICS_EVENT_INTERVAL_MS", "10")]).await;
+    let out = Command::new("node")
+        .arg(browser_dir.join("errors.mjs"))
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    let result: Value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .expect("no RESULT line");
+
+    for (case, message) in [
+        (
+            "badReport",
+            r#"report must be 1 to 64 letters, digits, '-' or '_', got "a b""#,
+        ),
+        (
+            "zeroDays",
+            r#"days must be a whole number from 1 to 365, got "0""#,
+        ),
+    ] {
+        let shown = &result[case];
+        assert_eq!(shown["state"], "failed", "{case}: {shown}");
+        assert_eq!(shown["stateText"], "failed: 400", "{case}: {shown}");
+        assert_eq!(shown["notice"], message, "{case}: {shown}");
+        // The EventSource's request and the page's one look at the status.
+        assert_eq!(shown["requests"], 2, "{case}: {shown}");
+        assert_eq!(shown["reconnects"], 0, "{case}: {shown}");
+    }
+    assert_eq!(
+        result["pattern"],
+        serde_json::json!({ "spaced": false, "dotted": false, "plain": true })
+    );
+    let after = &result["afterLast"];
+    assert_eq!(after["lastEventId"], "3", "{after}"); // the `complete` of 2 days
+    assert_eq!(after["state"], "complete", "{after}");
+    assert_eq!(after["notice"], "Report complete.", "{after}");
+    assert_eq!(after["requests"], 2, "{after}");
+    assert_eq!(after["reconnects"], 0, "{after}");
 }

@@ -1,0 +1,270 @@
+//! The drain: the future of its report, and the task that runs it.
+
+use crate::{DrainReport, metrics, schedule::Plan, shared::Shared};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll, ready},
+    time::{Duration, SystemTime},
+};
+use tokio::{sync::futures::OwnedNotified, time::Instant};
+
+/// The future returned by [`DrainHandle::drain`](crate::DrainHandle::drain):
+/// resolves to the drain's report when every response has ended or the grace
+/// period has run out.
+///
+/// # Cancel safety
+///
+/// Dropping it does not stop the drain; a new call to
+/// [`DrainHandle::drain`](crate::DrainHandle::drain) or
+/// [`DrainHandle::drained`](crate::DrainHandle::drained) returns a future of
+/// the same report.
+#[must_use = "the drain runs anyway; await this to get its report"]
+pub struct Drain {
+    report: ReportWait,
+}
+
+impl Drain {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            report: ReportWait::new(shared),
+        }
+    }
+
+    /// The drain's deadline: the end of the grace period plus the
+    /// [linger](crate::Config::linger). At this instant the layer's bodies
+    /// have long ended, and connections that still carry a response are
+    /// closed by [`GracefulIo`](crate::GracefulIo), the axum listener and the
+    /// hyper-util watcher.
+    ///
+    /// With any other server, bound each connection by it, for example with
+    /// `tokio::time::timeout_at(drain.deadline(), connection)`: a client that
+    /// stops reading then cannot keep the process alive.
+    #[must_use]
+    pub fn deadline(&self) -> Instant {
+        self.report
+            .shared
+            .deadline()
+            .expect("a Drain exists only once its drain has started")
+    }
+}
+
+impl Future for Drain {
+    type Output = DrainReport;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
+        self.report.poll(cx)
+    }
+}
+
+impl fmt::Debug for Drain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drain")
+            .field("deadline", &self.report.shared.deadline())
+            .field("report", &self.report.shared.report.get())
+            .finish()
+    }
+}
+
+/// The future returned by
+/// [`DrainHandle::drained`](crate::DrainHandle::drained): resolves to the
+/// report of the drain once it has finished, without starting one.
+///
+/// Completes immediately if the drain is already over; waits for as long as no
+/// drain is started.
+///
+/// # Cancel safety
+///
+/// Dropping it has no effect on the drain; it holds no place in any queue
+/// that matters, so it can be used in `tokio::select!` and created again.
+#[must_use = "futures do nothing unless polled"]
+pub struct Drained {
+    report: ReportWait,
+}
+
+impl Drained {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            report: ReportWait::new(shared),
+        }
+    }
+}
+
+impl Future for Drained {
+    type Output = DrainReport;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
+        self.report.poll(cx)
+    }
+}
+
+impl fmt::Debug for Drained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drained")
+            .field("report", &self.report.shared.report.get())
+            .finish()
+    }
+}
+
+/// Waits for the report to be published.
+struct ReportWait {
+    shared: Arc<Shared>,
+    wait: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl ReportWait {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, wait: None }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<DrainReport> {
+        loop {
+            if let Some(report) = self.shared.report.get() {
+                return Poll::Ready(*report);
+            }
+            // The report is set before `report_ready` fires, and a waiter hears
+            // every `notify_waiters` made after it was created: look again
+            // after creating one.
+            match &mut self.wait {
+                Some(wait) => {
+                    ready!(wait.as_mut().poll(cx));
+                    self.wait = None;
+                }
+                None => {
+                    let wait = self.shared.report_ready.clone().notified_owned();
+                    self.wait = Some(Box::pin(wait));
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Starts the drain, once: marks it started, wakes every body and
+    /// spawns the drain task.
+    pub(crate) fn start(self: &Arc<Self>) {
+        if Self::is_draining(self.phase()) {
+            return;
+        }
+        // Fail before the state changes: a drain marked started with no task
+        // to run it would never end.
+        let runtime = tokio::runtime::Handle::try_current()
+            .expect("DrainHandle::drain must first be called inside a Tokio runtime");
+        // Whoever sees `DRAINING` finds the frame and the schedule: they are
+        // set first.
+        let plan = self.plan.get_or_init(|| {
+            Plan::new(
+                &self.config,
+                self.open_by_priority(),
+                Instant::now(),
+                SystemTime::now(),
+            )
+        });
+        let started = plan.started;
+        let Some(in_flight) = self.state.start_drain() else {
+            return; // started by an earlier call
+        };
+        let sse = self.sse.load(Ordering::Acquire);
+        self.changed.notify_waiters();
+        runtime.spawn(self.clone().run_drain(started, in_flight, sse));
+    }
+
+    async fn run_drain(self: Arc<Self>, started: Instant, in_flight: usize, sse_streams: usize) {
+        let grace = self.config.grace_period;
+        tracing::info!(
+            in_flight,
+            grace_period_secs = grace.as_secs_f64(),
+            "SSE drain started: new requests are rejected"
+        );
+        tracing::info!("Active SSE connections: {sse_streams}");
+        tracing::info!("Notifying {sse_streams} active connections of shutdown");
+        metrics::drain_duration(0.0);
+
+        let deadline = tokio::time::sleep_until(started + grace);
+        tokio::pin!(deadline);
+        let mut ticks =
+            tokio::time::interval_at(started + Duration::from_millis(500), Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let open = || self.state.count();
+        let force_closed = loop {
+            let closed = self.all_closed.notified();
+            if open() == 0 {
+                break 0;
+            }
+            tokio::select! {
+                biased;
+                () = closed => {}
+                () = &mut deadline => break self.force_close(),
+                _ = ticks.tick() => {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    metrics::drain_duration(elapsed);
+                    tracing::info!(
+                        "Waiting for {} connections to close ({elapsed:.1}s elapsed)",
+                        open(),
+                    );
+                }
+            }
+        };
+        let notices = self.log.snapshot();
+        let report = DrainReport {
+            in_flight,
+            sse_streams,
+            notified: notices.by_priority.iter().sum(),
+            notified_by_priority: notices.by_priority,
+            first_notice: notices
+                .first_last
+                .map(|(first, _)| Duration::from_nanos(first)),
+            last_notice: notices
+                .first_last
+                .map(|(_, last)| Duration::from_nanos(last)),
+            closed: in_flight.saturating_sub(force_closed),
+            force_closed,
+            rejected: self.rejected.load(Ordering::Acquire),
+            elapsed: started.elapsed(),
+        };
+        tracing::info!(
+            notified = report.notified,
+            closed = report.closed,
+            force_closed = report.force_closed,
+            rejected = report.rejected,
+            duration_secs = report.elapsed.as_secs_f64(),
+            "Graceful shutdown complete"
+        );
+        metrics::drain_duration(report.elapsed.as_secs_f64());
+        let _ = self.report.set(report);
+        self.report_ready.notify_waiters();
+
+        // Connections still open at the deadline hold a client that does not
+        // read (or a response outside the layer): close them, so that no
+        // client can keep the server alive. Without any, there is nothing to
+        // wait for; and the wait keeps nothing alive for whoever dropped the
+        // handle.
+        if self.connections.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let deadline = started + grace + self.config.linger;
+        let shared = Arc::downgrade(&self);
+        drop(self);
+        tokio::time::sleep_until(deadline).await;
+        if let Some(shared) = shared.upgrade() {
+            shared.cut.store(true, Ordering::Release);
+            shared.changed.notify_waiters();
+            tracing::debug!("drain deadline: closing the connections that are still open");
+        }
+    }
+
+    /// Ends the grace period: every body still open ends at its next poll.
+    fn force_close(&self) -> usize {
+        let open = self.state.force_close();
+        self.changed.notify_waiters();
+        self.force_closed_total
+            .fetch_add(open as u64, Ordering::Relaxed);
+        metrics::force_closed(open);
+        if open > 0 {
+            tracing::warn!("Force closing {open} remaining connections");
+        }
+        open
+    }
+}

@@ -1,0 +1,74 @@
+//! What a drain did, and the metrics snapshot.
+
+use crate::DrainPriority;
+use std::{fmt, time::Duration};
+
+/// What a drain did, resolved by [`Drain`](crate::Drain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Responses in flight (SSE or not) when the drain started.
+    pub in_flight: usize,
+    /// Of those, the open `text/event-stream` responses.
+    pub sse_streams: usize,
+    /// Open SSE streams whose shutdown frame was handed to the server to
+    /// write (rejected SSE requests, which get it too, count under
+    /// `rejected`); by priority with [`notified_at`](Self::notified_at).
+    pub notified: usize,
+    pub(crate) notified_by_priority: [usize; 3],
+    /// When the first notice went out, from the start of the drain.
+    pub first_notice: Option<Duration>,
+    /// When the last notice went out, from the start of the drain: with a
+    /// [notice window](crate::Config::notice_window), near its end.
+    pub last_notice: Option<Duration>,
+    /// In-flight responses that ended within the grace period.
+    pub closed: usize,
+    /// Responses still open when the grace period ended, and ended by the
+    /// layer.
+    pub force_closed: usize,
+    /// Requests rejected since the drain started, up to the report.
+    pub rejected: usize,
+    /// From the start of the drain until the last response ended or the grace
+    /// period ran out.
+    pub elapsed: Duration,
+}
+
+impl DrainReport {
+    /// The notices sent to streams of `priority`.
+    #[must_use]
+    pub fn notified_at(&self, priority: DrainPriority) -> usize {
+        self.notified_by_priority[priority.index()]
+    }
+}
+
+impl fmt::Display for DrainReport {
+    /// One line for a log: `100 of 100 SSE streams notified, 101 of 101
+    /// responses closed in time, 0 force-closed, 2 requests rejected, in 1.204 s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} of {} SSE streams notified, {} of {} responses closed in time, \
+             {} force-closed, {} requests rejected, in {:.3} s",
+            self.notified,
+            self.sse_streams,
+            self.closed,
+            self.in_flight,
+            self.force_closed,
+            self.rejected,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// A snapshot of the metrics, named as in the seed design.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Open `text/event-stream` responses.
+    pub sse_active_connections: usize,
+    /// How long the drain has run so far, or took once it has finished;
+    /// `None` before it starts.
+    pub sse_shutdown_duration_seconds: Option<f64>,
+    /// Responses ended by the layer at the end of a grace period.
+    pub sse_force_closed_connections_total: u64,
+}
