@@ -377,7 +377,7 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
             .set_upstreams(&[endpoints.clone(), vec![old.addr]].concat())
             .await?;
         // A download in flight at SIGTERM, which the drain lets finish.
-        let download = start_download(old.addr, &o);
+        let download = start_download(old.addr, &o).await;
         let kill_at = Instant::now() + termination_grace;
         let exit = match o.scenario {
             Scenario::Rolling => {
@@ -450,8 +450,12 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
 }
 
 /// A CSV download from `addr` that is still running `--download` seconds
-/// after SIGTERM; checks that it arrives whole.
-fn start_download(addr: SocketAddr, o: &Options) -> tokio::task::JoinHandle<Result<(), String>> {
+/// after SIGTERM; checks that it arrives whole. Returns once the instance
+/// has answered, so the download is admitted before the SIGTERM.
+async fn start_download(
+    addr: SocketAddr,
+    o: &Options,
+) -> tokio::task::JoinHandle<Result<(), String>> {
     let run_for = match o.scenario {
         Scenario::Rolling => o.pre_stop + o.download,
         Scenario::Race => o.download,
@@ -460,12 +464,14 @@ fn start_download(addr: SocketAddr, o: &Options) -> tokio::task::JoinHandle<Resu
         .div_ceil(o.interval_ms.max(1))
         .min(365);
     let enabled = !o.download.is_zero();
-    tokio::spawn(async move {
+    let (headers, started) = tokio::sync::oneshot::channel();
+    let download = tokio::spawn(async move {
         if !enabled {
             return Ok(());
         }
         let path = format!("/api/v1/analytics/export?report=download&days={days}");
-        let (status, body) = http::get(addr, &path, Duration::from_secs(600)).await?;
+        let (status, body) =
+            http::get_with(addr, &path, Duration::from_secs(600), Some(headers)).await?;
         let rows = body.lines().count().saturating_sub(1);
         match (status, rows == days as usize * 5) {
             (200, true) => Ok(()),
@@ -474,7 +480,9 @@ fn start_download(addr: SocketAddr, o: &Options) -> tokio::task::JoinHandle<Resu
                 days * 5
             )),
         }
-    })
+    });
+    let _ = started.await;
+    download
 }
 
 /// The table and the final line; true when nothing was lost, duplicated or
