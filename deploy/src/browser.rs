@@ -23,8 +23,17 @@ pub struct PageResult {
     pub ok: bool,
 }
 
+/// Where deploy.mjs and its playwright-core live: beside the example's own
+/// browser test (examples/analytics/tests/browser once the example is its
+/// own package, tests/browser before).
 fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("examples/analytics/tests/browser");
+    if dir.join("package.json").exists() {
+        dir
+    } else {
+        root.join("tests/browser")
+    }
 }
 
 impl Page {
