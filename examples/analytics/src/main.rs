@@ -15,6 +15,10 @@
 //! - `BIND` (default `127.0.0.1`) and `PORT` (default `3000`);
 //! - `SHUTDOWN_GRACE_PERIOD` (seconds, default 20) and
 //!   `SHUTDOWN_RECONNECT_DELAY` (seconds, default 30);
+//! - `SHUTDOWN_SSE_REJECTION`: how a stream request is refused while draining:
+//!   `notice` (default: 200 with the shutdown notice alone, which a browser
+//!   retries) or `503` (for a proxy that retries 503s on another instance,
+//!   see `Config::sse_rejection_as_notice` and the README);
 //! - `ANALYTICS_EVENT_INTERVAL_MS`: pace of the report, one day of rows per
 //!   interval, and of the realtime stream, one event per interval (default
 //!   100; 0 = as fast as the client reads);
@@ -70,7 +74,17 @@ async fn main() -> ExitCode {
 struct StartError(u8, String);
 
 async fn run() -> Result<(), StartError> {
-    let config = Config::from_env().map_err(|e| StartError(2, e.to_string()))?;
+    let mut config = Config::from_env().map_err(|e| StartError(2, e.to_string()))?;
+    match std::env::var("SHUTDOWN_SSE_REJECTION").as_deref() {
+        Err(_) | Ok("notice") => {}
+        Ok("503") => config = config.sse_rejection_as_notice(false),
+        Ok(v) => {
+            return Err(StartError(
+                2,
+                format!("invalid SHUTDOWN_SSE_REJECTION={v:?}: expected notice or 503"),
+            ));
+        }
+    }
     let pace = match std::env::var("ANALYTICS_EVENT_INTERVAL_MS") {
         Err(_) => Duration::from_millis(100),
         Ok(v) => v.parse().map(Duration::from_millis).map_err(|_| {

@@ -284,6 +284,7 @@ async fn bad_configuration_stops_the_start_with_exit_code_2() {
         ("SHUTDOWN_GRACE_PERIOD", "abc"),
         ("SHUTDOWN_GRACE_PERIOD", "-1"),
         ("SHUTDOWN_GRACE_PERIOD", ""),
+        ("SHUTDOWN_SSE_REJECTION", "maybe"),
     ] {
         let out = Command::new(example_binary())
             .env("PORT", free_port().to_string())
@@ -298,6 +299,34 @@ async fn bad_configuration_stops_the_start_with_exit_code_2() {
             "{stderr}"
         );
     }
+}
+
+/// `SHUTDOWN_SSE_REJECTION=503`: while draining, a stream request gets the
+/// plain 503 (for a proxy that retries it elsewhere), not the notice.
+#[tokio::test]
+async fn sse_rejection_503_refuses_streams_with_a_503() {
+    let mut server = Server::start(
+        free_port(),
+        &[
+            ("ANALYTICS_EVENT_INTERVAL_MS", "50"),
+            ("SHUTDOWN_SSE_REJECTION", "503"),
+        ],
+    )
+    .await;
+    // A download of about 1.5 s keeps the drain open meanwhile.
+    let (export, _conn) = request(server.addr, "/api/v1/analytics/export?days=30", "*/*").await;
+    server.signal("TERM");
+    until(|| server.logs().contains("Waiting for 1 connections")).await;
+    let (res, _conn) = request(
+        server.addr,
+        "/api/v1/analytics/stream?days=3",
+        "text/event-stream",
+    )
+    .await;
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    body_bytes(export.into_body()).await;
+    assert_eq!(server.exit_code().await, 0);
 }
 
 #[tokio::test]
