@@ -120,27 +120,13 @@ async fn start(
     let app = app(handle, produced);
     let drained = handle.drained();
     let task = match server {
-        Server::Axum => {
-            let listener = handle.listener(listener.tap_io(|s| small_send_buffer(s)));
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        drained.await;
-                    })
-                    .await
-                    .unwrap();
-            })
-        }
+        Server::Axum => serve_axum(
+            handle.listener(listener.tap_io(|s| small_send_buffer(s))),
+            app,
+            drained,
+        ),
         Server::AxumWithoutAdapter => {
-            let listener = listener.tap_io(|s| small_send_buffer(s));
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        drained.await;
-                    })
-                    .await
-                    .unwrap();
-            })
+            serve_axum(listener.tap_io(|s| small_send_buffer(s)), app, drained)
         }
         Server::HyperUtil => {
             let handle = handle.clone();
@@ -169,6 +155,22 @@ async fn start(
         }
     };
     (addr, task)
+}
+
+/// `axum::serve` with a graceful shutdown once the drain has reported.
+fn serve_axum<L>(listener: L, app: Router, drained: tower_graceful_sse::Drained) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                drained.await;
+            })
+            .await
+            .unwrap();
+    })
 }
 
 /// A socket with a 4 KiB receive buffer.
