@@ -78,20 +78,25 @@ async fn h2_get(addr: SocketAddr, path: &str, accept: &str) -> http::Response<In
     res
 }
 
-/// Reads a CSV download to its end or error: the lines, and the error.
-async fn read_download(res: http::Response<Incoming>) -> (Vec<String>, Option<hyper::Error>) {
+/// Reads a CSV download that the deadline cuts: the rows sent in time arrive
+/// whole and in order, then the body fails; a clean end fails the test.
+async fn read_cut_download(res: http::Response<Incoming>) -> hyper::Error {
     let mut body = res.into_body();
     let mut text = Vec::new();
-    loop {
+    let err = loop {
         match within(body.frame()).await {
             Some(Ok(frame)) => text.extend_from_slice(&frame.into_data().unwrap()),
-            end => {
-                let lines = String::from_utf8(text).unwrap();
-                let lines = lines.lines().map(str::to_owned).collect();
-                return (lines, end.and_then(Result::err));
-            }
+            Some(Err(err)) => break err,
+            None => panic!("the cut download ended like a whole one: {text:?}"),
         }
+    };
+    let text = String::from_utf8(text).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(!rows.is_empty(), "the rows sent in time arrive");
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(*row, format!("{i},row"), "{text:?}");
     }
+    err
 }
 
 #[tokio::test]
@@ -105,19 +110,12 @@ async fn a_download_cut_at_the_deadline_is_incomplete_over_http1() {
         "chunked"
     );
     let drain = handle.drain();
-    let (lines, err) = read_download(res).await;
-    let err = err.unwrap_or_else(|| {
-        panic!(
-            "the cut download ended like a whole one: {} lines",
-            lines.len()
-        )
-    });
+    let err = read_cut_download(res).await;
     // No final chunk: hyper's client reports the chunked body cut short.
     let eof = std::error::Error::source(&err)
         .and_then(|e| e.downcast_ref::<std::io::Error>())
         .map(std::io::Error::kind);
     assert_eq!(eof, Some(std::io::ErrorKind::UnexpectedEof), "{err:?}");
-    assert!(!lines.is_empty(), "the rows sent in time arrive");
     let report = within(drain).await;
     assert_eq!(report.force_closed, 1, "{report}");
 }
@@ -128,13 +126,7 @@ async fn a_download_cut_at_the_deadline_is_reset_over_http2() {
     let addr = serve(app(&handle));
     let res = h2_get(addr, "/export", "text/csv").await;
     let drain = handle.drain();
-    let (lines, err) = read_download(res).await;
-    let err = err.unwrap_or_else(|| {
-        panic!(
-            "the cut download ended like a whole one: {} lines",
-            lines.len()
-        )
-    });
+    let err = read_cut_download(res).await;
     // The stream is reset (RST_STREAM), never ended with END_STREAM.
     let h2 = std::error::Error::source(&err)
         .and_then(|e| e.downcast_ref::<h2::Error>())
