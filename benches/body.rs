@@ -10,8 +10,6 @@ mod support;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use futures_util::FutureExt;
-use http::{Request, Response, header};
 use http_body::{Body, Frame};
 use std::{
     convert::Infallible,
@@ -20,7 +18,6 @@ use std::{
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
-use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_graceful_sse::{Config, DrainHandle};
 
 /// Frames per body: one iteration polls them all.
@@ -76,34 +73,6 @@ fn drain_body<B: Body<Data = Bytes>>(body: B) -> Duration {
     elapsed
 }
 
-/// The frames, through the layer, as the server would poll them.
-fn wrapped(
-    handle: &DrainHandle,
-    frames: Frames,
-    content_type: &'static str,
-) -> impl Body<Data = Bytes> {
-    let mut frames = Some(frames);
-    let service = ServiceBuilder::new()
-        .layer(handle.layer())
-        .service(service_fn(move |_: Request<()>| {
-            let body = frames.take().unwrap();
-            async move {
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .header(header::CONTENT_TYPE, content_type)
-                        .body(body)
-                        .unwrap(),
-                )
-            }
-        }));
-    service
-        .oneshot(Request::new(()))
-        .now_or_never()
-        .unwrap()
-        .unwrap()
-        .into_body()
-}
-
 fn event(size: usize) -> Bytes {
     // `data: xxx…\n\n`, `size` bytes in all, as axum frames one event.
     let mut e = b"data: ".to_vec();
@@ -136,7 +105,11 @@ fn body_overhead(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("graceful_sse", &param), |b| {
             b.iter_custom(|iters| {
                 support::timed(&id, iters, || {
-                    drain_body(wrapped(&handle, frames(), "text/event-stream"))
+                    drain_body(common::through_layer(
+                        &handle,
+                        "text/event-stream",
+                        frames(),
+                    ))
                 })
             })
         });
@@ -144,7 +117,7 @@ fn body_overhead(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("graceful_plain", &param), |b| {
             b.iter_custom(|iters| {
                 support::timed(&id, iters, || {
-                    drain_body(wrapped(&handle, frames(), "text/plain"))
+                    drain_body(common::through_layer(&handle, "text/plain", frames()))
                 })
             })
         });

@@ -137,46 +137,21 @@ async fn chunk_holding_a_boundary_is_cut_there_for_the_notice() {
     assert_eq!(within(drain).await.force_closed, 0);
 }
 
-/// A body of `frames`, served with `content_type`, through the layer.
-async fn through_layer(
-    handle: &DrainHandle,
-    content_type: &'static str,
-    frames: Vec<Frame<Bytes>>,
-) -> tower_graceful_sse::GracefulBody<
-    StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>,
-> {
-    let mut frames = Some(frames.into_iter().map(Ok).collect::<Vec<_>>());
-    let service = ServiceBuilder::new()
-        .layer(handle.layer())
-        .service(service_fn(move |_: Request<()>| {
-            let body = StreamBody::new(stream::iter(frames.take().expect("called once")));
-            async move {
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .header(header::CONTENT_TYPE, content_type)
-                        .body(body)
-                        .unwrap(),
-                )
-            }
-        }));
-    service.oneshot(Request::new(())).await.unwrap().into_body()
-}
-
 #[tokio::test]
 async fn trailers_pass_through_sse_and_plain_bodies() {
     let handle = DrainHandle::new(Config::default());
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "abc".parse().unwrap());
     for content_type in ["text/event-stream", "text/plain"] {
+        let frames = [
+            Frame::data(Bytes::from_static(b"data: 1\n\n")),
+            Frame::trailers(trailers.clone()),
+        ];
         let body = through_layer(
             &handle,
             content_type,
-            vec![
-                Frame::data(Bytes::from_static(b"data: 1\n\n")),
-                Frame::trailers(trailers.clone()),
-            ],
-        )
-        .await;
+            StreamBody::new(stream::iter(frames.map(Ok::<_, Infallible>))),
+        );
         let collected = body.collect().await.unwrap();
         assert_eq!(collected.trailers(), Some(&trailers), "{content_type}");
         assert_eq!(collected.to_bytes(), "data: 1\n\n");

@@ -245,6 +245,37 @@ where
     addr
 }
 
+/// `body`, served with `content_type` through the layer of `handle`: the
+/// response body as the server would poll it.
+pub fn through_layer<B>(
+    handle: &DrainHandle,
+    content_type: &'static str,
+    body: B,
+) -> tower_graceful_sse::GracefulBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    use tower::ServiceExt as _;
+    let mut body = Some(body);
+    let service = ServiceBuilder::new()
+        .layer(handle.layer())
+        .service(service_fn(move |_: Request<()>| {
+            let body = body.take().expect("called once");
+            async move {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, content_type)
+                        .body(body)
+                        .unwrap(),
+                )
+            }
+        }));
+    futures_util::FutureExt::now_or_never(service.oneshot(Request::new(())))
+        .expect("the layer answers at once")
+        .unwrap()
+        .into_body()
+}
+
 // ---------------------------------------------------------------------------
 // The client: hyper's, one HTTP/1.1 connection per request.
 

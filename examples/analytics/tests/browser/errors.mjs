@@ -5,16 +5,10 @@
 // Prints one line, `RESULT <json>`, for examples/analytics/tests/analytics.rs:
 // for each case, what the page showed and how many report requests it made
 // (an EventSource that retries forever makes more every second).
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 const shown = () => ({
   state: window.report.state,
   stateText: document.getElementById("state").textContent,

@@ -6,16 +6,10 @@
 //   STATE <state>   the page's connection state changed
 //   RESULT <json>   the page's final state
 // Anything else on stdout is a log line.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-  ],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
   page.on("console", (msg) => console.log(`console: ${msg.text()}`));
