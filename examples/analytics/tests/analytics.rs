@@ -717,8 +717,9 @@ async fn browser_page_survives_a_restart() {
             step / 2.0
         );
     }
+    // Up to the cap, each step's least is the last step's most.
     assert!(
-        gaps.windows(2).all(|w| w[1] >= w[0] - 50.0),
+        gaps[..4].windows(2).all(|w| w[1] >= w[0] - 50.0),
         "the spacing grows: {gaps:?}"
     );
     assert!(
