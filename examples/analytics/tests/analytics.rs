@@ -682,7 +682,7 @@ async fn browser_page_survives_a_restart() {
     };
     let back = after(&report_attempts, "notice") - ms(&notice["at"]);
     assert!(
-        back >= delay - 5.0 && back < delay + 400.0,
+        back >= delay - 5.0 && back < delay + 1000.0,
         "the report came back {back} ms after a notice that asked {delay} ms"
     );
     let realtime_back = after(&records("attempts", "realtime"), "notice");
@@ -694,7 +694,9 @@ async fn browser_page_survives_a_restart() {
 
     // The server down: each retry waits between half and all of its
     // back-off step (200 ms doubling, capped at 1.6 s), plus the time a
-    // connection takes to fail; so the spacing grows and stays under the cap.
+    // connection takes to fail (a second of slack for a loaded machine: an
+    // uncapped back-off still breaks it by the 6th retry, 3.2 s or more);
+    // so the spacing grows and stays under the cap.
     let notice_at = report_attempts
         .iter()
         .position(|a| a["after"] == "notice")
@@ -711,7 +713,7 @@ async fn browser_page_survives_a_restart() {
     for (i, gap) in gaps.iter().enumerate() {
         let step = (BASE_MS * 2f64.powi(i as i32)).min(CAP_MS);
         assert!(
-            *gap >= step / 2.0 - 5.0 && *gap <= step + 300.0,
+            *gap >= step / 2.0 - 5.0 && *gap <= step + 1000.0,
             "retry {} came {gap} ms after the last, outside {}..={step} ms: {gaps:?}",
             i + 1,
             step / 2.0
