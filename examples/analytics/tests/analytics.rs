@@ -653,6 +653,15 @@ async fn browser_page_survives_a_restart() {
         .filter(|n| n.starts_with("Server restarting"))
         .collect();
     assert_eq!(lines, [message], "the notice line shows one delay");
+    assert!(
+        result["noticeLines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("No answer from the server")),
+        "while the page backs off, the notice line says so: {}",
+        result["noticeLines"]
+    );
     let countdown: Vec<f64> = result["badges"]
         .as_array()
         .unwrap()
