@@ -281,8 +281,9 @@ async fn streams_whose_handler_resolves_during_the_drain_are_notified_and_counte
     assert!(report.notified <= report.sse_streams && report.sse_streams <= report.in_flight);
 }
 
-/// Behind the layer, a `ConcurrencyLimit` of 1 whose permit a slow handler
-/// holds: a request during the drain gets its rejection at once, without
+/// Behind the layer, a `ConcurrencyLimit` of 1 (global: axum applies a layer
+/// per connection, and a per-connection limit would never be saturated by
+/// another client) whose permit a slow handler holds: a request during the drain gets its rejection at once, without
 /// waiting for the inner service to be ready (it never reaches it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_during_the_drain_is_rejected_at_once_behind_a_saturated_concurrency_limit() {
@@ -301,7 +302,7 @@ async fn request_during_the_drain_is_rejected_at_once_behind_a_saturated_concurr
     let app = Router::new().route("/slow", get(slow)).layer(
         ServiceBuilder::new()
             .layer(handle.layer())
-            .layer(tower::limit::ConcurrencyLimitLayer::new(1)),
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(1)),
     );
     let addr = serve(app);
     let holder = tokio::spawn(async move { request(addr, "/slow", "*/*").await.0.status() });
