@@ -81,6 +81,30 @@ async fn hits_until(events: &mut Events, end: &str) -> Vec<String> {
     }
 }
 
+/// Fails unless `got` is `expected`, saying how it differs in a line:
+/// the hits missing, those received twice, and where the order breaks.
+fn assert_exactly(got: &[String], expected: &[String], context: &str) {
+    if got == expected {
+        return;
+    }
+    let missing: Vec<&String> = expected.iter().filter(|id| !got.contains(id)).collect();
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<&String> = got.iter().filter(|id| !seen.insert(*id)).collect();
+    let disorder = got
+        .windows(2)
+        .position(|w| position(&w[0]) >= position(&w[1]));
+    panic!(
+        "{context}: {} received, {} expected; missing {} (first {:?}), received twice {} \
+         (first {:?}), out of order at {disorder:?}",
+        got.len(),
+        expected.len(),
+        missing.len(),
+        missing.first(),
+        twice.len(),
+        twice.first()
+    );
+}
+
 /// `ids` sorted by position: the log's order.
 fn in_log_order(mut ids: Vec<String>) -> Vec<String> {
     ids.sort_by_key(|id| position(id));
@@ -146,14 +170,15 @@ async fn seam(backend: Backend, env: &[(&str, &str)]) {
     let all = in_log_order(all);
     for client in clients {
         let (from, got) = client.await.unwrap();
-        let expected: Vec<&String> = all
+        let expected: Vec<String> = all
             .iter()
             .filter(|id| position(id) > position(&from))
+            .cloned()
             .collect();
-        assert_eq!(
-            got.iter().collect::<Vec<_>>(),
-            expected,
-            "every hit after {from} once, in order"
+        assert_exactly(
+            &got,
+            &expected,
+            &format!("{backend:?}: every hit after {from} once, in order"),
         );
     }
     eprintln!("{backend:?}: 100 clients resumed while {during} hits were appended");
@@ -185,17 +210,25 @@ async fn a_subscriber_that_lags_the_broadcast_still_sees_every_hit_once() {
     let producers: Vec<_> = (0..4)
         .map(|p| {
             tokio::spawn(async move {
+                let mut ids = Vec::new();
                 for i in 0..50 {
-                    hit(addr, SOURCES[p], &format!("/{p}/{i}")).await;
+                    ids.push(hit(addr, SOURCES[p], &format!("/{p}/{i}")).await);
                 }
+                ids
             })
         })
         .collect();
+    let mut all = Vec::new();
     for producer in producers {
-        producer.await.unwrap();
+        all.extend(producer.await.unwrap());
     }
-    hit(addr, "direct", "/end").await;
-    assert_eq!(hits_until(&mut events, "/end").await.len(), 201);
+    all.push(hit(addr, "direct", "/end").await);
+    let got = hits_until(&mut events, "/end").await;
+    assert_exactly(
+        &got,
+        &in_log_order(all),
+        "a subscriber with a broadcast of 1",
+    );
     let (_, metrics) = get_text(addr, "/metrics").await;
     let lagged = metrics
         .lines()
