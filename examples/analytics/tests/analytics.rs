@@ -536,10 +536,13 @@ async fn a_second_sigint_exits_at_once() {
     );
 }
 
-/// The page in headless Chromium, through a restart: it shows the notice,
-/// finds no server when it comes back and backs off, then reconnects by
-/// itself to the next server and completes the report with every row once.
-/// Screenshots land in `target/tmp/` (`CARGO_TARGET_TMPDIR`).
+/// The page in headless Chromium, through a restart: it shows the notice
+/// with one countdown, the one it keeps (its report and realtime streams come
+/// back together at the report's notice delay); it finds no server when it
+/// comes back and backs off exponentially up to its cap while the server
+/// stays down; then it reconnects by itself to the next server and completes
+/// the report with every row once. Screenshots land in `target/tmp/`
+/// (`CARGO_TARGET_TMPDIR`).
 #[tokio::test]
 async fn browser_page_survives_a_restart() {
     let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
@@ -550,19 +553,28 @@ async fn browser_page_survives_a_restart() {
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&shots).unwrap();
 
+    // The page's back-off in this test: 200 ms doubling, capped at 1.6 s.
+    const BASE_MS: f64 = 200.0;
+    const CAP_MS: f64 = 1600.0;
+    // Failed retries before the next server starts: enough to reach the cap
+    // (the 4th) and stay there.
+    const RETRIES_DOWN: u32 = 5;
     let port = free_port();
     let env = [
         ("ANALYTICS_EVENT_INTERVAL_MS", "60"),
-        // Long enough to watch the countdown go down second by second.
-        ("SHUTDOWN_RECONNECT_DELAY", "3"),
-        // Exactly 3 s, so that the page's notice reads as asserted below.
-        ("SHUTDOWN_RECONNECT_JITTER", "0"),
+        // 2 to 4 s, each stream its own: long enough to watch the countdown
+        // go down second by second, and the report's and the realtime
+        // stream's delays differ.
+        ("SHUTDOWN_RECONNECT_DELAY", "2"),
+        ("SHUTDOWN_RECONNECT_JITTER", "2"),
     ];
     let mut first = Server::start(port, &env).await;
     let mut driver = Command::new("node")
         .arg(browser_dir.join("restart.mjs"))
         .arg(format!("http://127.0.0.1:{port}/?report=browser&days=40"))
         .arg(&shots)
+        .arg(BASE_MS.to_string())
+        .arg(CAP_MS.to_string())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -584,12 +596,12 @@ async fn browser_page_survives_a_restart() {
     }
     first.signal("TERM");
     assert_eq!(first.exit_code().await, 0);
-    // Start the next server only once the page has found nobody there and
-    // is backing off: its retry path is part of what is shown.
+    // The server stays down while the page retries, failing, RETRIES_DOWN
+    // times after its first attempt (at the notice's delay).
     loop {
         let line = next_line().await;
         println!("browser: {line}");
-        if line == "STATE retrying" {
+        if line == format!("RETRIES {RETRIES_DOWN}") {
             break;
         }
     }
@@ -604,20 +616,44 @@ async fn browser_page_survives_a_restart() {
     assert!(driver.wait().await.unwrap().success());
 
     println!("states: {}", result["states"]);
+    println!("attempts: {}", result["attempts"]);
+    println!("notices: {}", result["notices"]);
     assert_eq!(result["restarts"], 1);
     assert_eq!(result["stateText"], "complete");
-    let notices: Vec<&str> = result["notices"]
+    let records = |name: &str, stream: &str| -> Vec<Value> {
+        result[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["stream"] == stream)
+            .cloned()
+            .collect()
+    };
+    let ms = |v: &Value| v.as_f64().unwrap();
+
+    // One delay: the report's notice. The notice line shows its message,
+    // the badge counts down from its delay to 1 one second at a time, and
+    // both streams open again together at that delay.
+    let notice = &records("notices", "report")[..];
+    let [notice] = notice else {
+        panic!("one notice on the report: {notice:?}")
+    };
+    let seconds = ms(&notice["reconnect_delay"]);
+    let delay = seconds * 1000.0;
+    let message = notice["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        format!("Server restarting, please reconnect in {seconds}s")
+    );
+    let lines: Vec<&str> = result["noticeLines"]
         .as_array()
         .unwrap()
         .iter()
         .map(|n| n.as_str().unwrap())
+        .filter(|n| n.starts_with("Server restarting"))
         .collect();
-    assert!(
-        notices.contains(&"Server restarting, please reconnect in 3s"),
-        "{notices:?}"
-    );
-    // "back in N s" counts down, one second at a time.
-    let countdown: Vec<u64> = result["texts"]
+    assert_eq!(lines, [message], "the notice line shows one delay");
+    let countdown: Vec<f64> = result["badges"]
         .as_array()
         .unwrap()
         .iter()
@@ -629,12 +665,66 @@ async fn browser_page_survives_a_restart() {
                 .ok()
         })
         .collect();
-    assert!(countdown.len() >= 3, "{countdown:?} in {}", result["texts"]);
     assert!(
-        countdown.windows(2).all(|w| w[1] + 1 == w[0]),
+        countdown[0] > seconds - 0.1 && countdown[0] < seconds + 1.0,
+        "the countdown starts at the notice's {delay} ms: {countdown:?} in {}",
+        result["badges"]
+    );
+    assert!(
+        countdown.windows(2).all(|w| w[1] + 1.0 == w[0]),
         "{countdown:?}"
     );
-    assert_eq!(countdown.last(), Some(&1));
+    assert_eq!(countdown.last(), Some(&1.0));
+    let report_attempts = records("attempts", "report");
+    let after = |attempts: &[Value], kind: &str| -> f64 {
+        let attempt = attempts.iter().find(|a| a["after"] == kind);
+        ms(&attempt.unwrap_or_else(|| panic!("no attempt after a {kind}: {attempts:?}"))["at"])
+    };
+    let back = after(&report_attempts, "notice") - ms(&notice["at"]);
+    assert!(
+        back >= delay - 5.0 && back < delay + 400.0,
+        "the report came back {back} ms after a notice that asked {delay} ms"
+    );
+    let realtime_back = after(&records("attempts", "realtime"), "notice");
+    assert!(
+        (realtime_back - after(&report_attempts, "notice")).abs() < 100.0,
+        "the realtime stream comes back with the report, not at its own {} s",
+        records("notices", "realtime")[0]["reconnect_delay"]
+    );
+
+    // The server down: each retry waits between half and all of its
+    // back-off step (200 ms doubling, capped at 1.6 s), plus the time a
+    // connection takes to fail; so the spacing grows and stays under the cap.
+    let notice_at = report_attempts
+        .iter()
+        .position(|a| a["after"] == "notice")
+        .unwrap();
+    let gaps: Vec<f64> = report_attempts[notice_at..]
+        .windows(2)
+        .map(|w| {
+            assert_eq!(w[1]["after"], "failure", "{report_attempts:?}");
+            ms(&w[1]["at"]) - ms(&w[0]["at"])
+        })
+        .collect();
+    println!("gaps between the report's attempts while the server was down: {gaps:?} ms");
+    assert!(gaps.len() > RETRIES_DOWN as usize, "{gaps:?}");
+    for (i, gap) in gaps.iter().enumerate() {
+        let step = (BASE_MS * 2f64.powi(i as i32)).min(CAP_MS);
+        assert!(
+            *gap >= step / 2.0 - 5.0 && *gap <= step + 300.0,
+            "retry {} came {gap} ms after the last, outside {}..={step} ms: {gaps:?}",
+            i + 1,
+            step / 2.0
+        );
+    }
+    assert!(
+        gaps.windows(2).all(|w| w[1] >= w[0] - 50.0),
+        "the spacing grows: {gaps:?}"
+    );
+    assert!(
+        gaps[3..].iter().all(|g| *g >= CAP_MS / 2.0 - 5.0),
+        "the cap reached: {gaps:?}"
+    );
     let states: Vec<&str> = result["states"]
         .as_array()
         .unwrap()
@@ -647,7 +737,7 @@ async fn browser_page_survives_a_restart() {
     };
     assert!(at("restarting") < at("retrying"), "{states:?}");
     assert!(at("retrying") < at("complete"), "{states:?}");
-    assert!(result["reconnects"].as_u64().unwrap() >= 1);
+    assert!(result["reconnects"].as_u64().unwrap() > RETRIES_DOWN as u64);
     assert_eq!(
         result["rows"].as_array().unwrap(),
         &report_rows("browser", 40),
