@@ -49,6 +49,9 @@ pub struct Outcome {
     pub notices: u32,
     /// `reset` events received: the server said history was lost.
     pub resets: u32,
+    /// Live hits acknowledged and then lost with the log (after the last
+    /// one received before a reset): expected where Redis restarts empty.
+    pub gone_with_log: u64,
     /// Streams that carried the shutdown notice and no report event: the
     /// answer of an instance that was already draining.
     pub notice_only: u32,
@@ -174,6 +177,8 @@ pub struct Client<E> {
     pub deadline: Instant,
     /// Once true, end as soon as the expectation is caught up.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The `Last-Event-ID` of the first request, if any.
+    pub resume_from: Option<String>,
 }
 
 /// Streams like an `EventSource` until the stream completes, the
@@ -181,7 +186,10 @@ pub struct Client<E> {
 pub async fn run<E: Expect>(mut c: Client<E>) -> Outcome {
     let mut state = State {
         out: Outcome::default(),
-        parser: Parser::default(),
+        parser: Parser {
+            last_event_id: c.resume_from.take().unwrap_or_default(),
+            ..Parser::default()
+        },
         gap_since: None,
         conn: None,
     };
@@ -228,7 +236,7 @@ impl State {
     /// The kept HTTP/2 connection if the proxy has not closed it, else a new one.
     async fn connection(&mut self, c: &Client<impl Expect>) -> Option<Conn> {
         match self.conn.take() {
-            Some(conn) if conn.reusable() => Some(conn),
+            Some(conn) if c.protocol == Protocol::Http2 && conn.is_open() => Some(conn),
             _ => c.target.connect(c.protocol).await.ok(),
         }
     }

@@ -145,11 +145,11 @@ impl Conn {
         })
     }
 
-    /// Another request can go on this connection (HTTP/2, not closed by the
-    /// peer's GOAWAY or an error).
-    pub fn reusable(&self) -> bool {
+    /// Another request can go on this connection (not closed by the peer,
+    /// an error, or an HTTP/2 GOAWAY).
+    pub fn is_open(&self) -> bool {
         match &self.sender {
-            Sender::Http1(_) => false,
+            Sender::Http1(s) => !s.is_closed(),
             Sender::Http2(s) => !s.is_closed(),
         }
     }
@@ -170,7 +170,10 @@ impl Conn {
 
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
         let result = match &mut self.sender {
-            Sender::Http1(s) => s.send_request(req).await,
+            Sender::Http1(s) => {
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(req).await
+            }
             Sender::Http2(s) => {
                 s.ready().await.map_err(|e| e.to_string())?;
                 s.send_request(req).await

@@ -14,6 +14,7 @@ mod connect;
 mod haproxy;
 mod http;
 mod instance;
+mod live;
 mod nginx;
 mod proxy;
 mod report;
@@ -49,9 +50,14 @@ Options (defaults in brackets):
                          with openssl for the run) with HTTP/2 on; the page and
                          every other client speak HTTP/2, the rest HTTP/1.1
   --scenario S           rolling: leave the upstream, preStop, then SIGTERM;
-                         race: SIGTERM first, leave the upstream --endpoint-lag later
-                         [rolling]
-  --clients N            EventSource clients [1000]
+                         race: SIGTERM first, leave the upstream --endpoint-lag later;
+                         redis-restart: rolling, with Redis restarted empty
+                         halfway through [rolling]
+  --clients N            EventSource clients of the report stream [1000]
+  --live-clients N       EventSource clients of the live feed (0: no live feed,
+                         no Redis) [100]
+  --hit-rate R           hits per second the producer POSTs [50]
+  --redis PATH           redis-server [redis-server on PATH, else /usr/bin]
   --instances N          replicas behind nginx [3]
   --replacements N       instances replaced, oldest first [= --instances]
   --days N               days per report (1..=365) [200]
@@ -75,6 +81,7 @@ SHUTDOWN_RECONNECT_DELAY=1, SHUTDOWN_GRACE_PERIOD=10).
 enum Scenario {
     Rolling,
     Race,
+    RedisRestart,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -92,6 +99,9 @@ struct Options {
     tls: bool,
     scenario: Scenario,
     clients: usize,
+    live_clients: usize,
+    hit_rate: f64,
+    redis: PathBuf,
     instances: usize,
     replacements: usize,
     days: u32,
@@ -123,6 +133,9 @@ fn parse_options() -> Result<Options, String> {
         tls: false,
         scenario: Scenario::Rolling,
         clients: 1000,
+        live_clients: 100,
+        hit_rate: 50.0,
+        redis: find_bin("redis-server"),
         instances: 3,
         replacements: 0,
         days: 200,
@@ -166,14 +179,18 @@ fn parse_options() -> Result<Options, String> {
                 o.scenario = match value()?.as_str() {
                     "rolling" => Scenario::Rolling,
                     "race" => Scenario::Race,
+                    "redis-restart" => Scenario::RedisRestart,
                     v => {
                         return Err(format!(
-                            "invalid --scenario {v:?}: expected rolling or race"
+                            "invalid --scenario {v:?}: expected rolling, race or redis-restart"
                         ));
                     }
                 }
             }
             "--clients" => o.clients = num(&arg, value()?)?,
+            "--live-clients" => o.live_clients = num(&arg, value()?)?,
+            "--hit-rate" => o.hit_rate = num(&arg, value()?)?,
+            "--redis" => o.redis = value()?.into(),
             "--instances" => o.instances = num(&arg, value()?)?,
             "--replacements" => replacements = Some(num(&arg, value()?)?),
             "--days" => o.days = num(&arg, value()?)?,
@@ -192,7 +209,7 @@ fn parse_options() -> Result<Options, String> {
     o.replacements = replacements.unwrap_or(o.instances);
     if o.pre_stop == Duration::MAX {
         o.pre_stop = match o.scenario {
-            Scenario::Rolling => Duration::from_secs(3),
+            Scenario::Rolling | Scenario::RedisRestart => Duration::from_secs(3),
             Scenario::Race => Duration::ZERO,
         };
     }
@@ -201,6 +218,9 @@ fn parse_options() -> Result<Options, String> {
     }
     if o.clients == 0 || o.instances < 2 || o.reports == 0 {
         return Err("--clients and --reports must be at least 1, --instances at least 2".into());
+    }
+    if o.scenario == Scenario::RedisRestart && o.live_clients == 0 {
+        return Err("--scenario redis-restart needs live clients (--live-clients)".into());
     }
     if o.browser && o.replacements < o.instances {
         return Err(format!(
@@ -218,12 +238,13 @@ fn parse_options() -> Result<Options, String> {
     Ok(o)
 }
 
-/// `name` on PATH, else in /usr/sbin (where Debian puts nginx and HAProxy).
+/// `name` on PATH, else in /usr/sbin (where Debian puts nginx and HAProxy)
+/// or /usr/bin.
 fn find_bin(name: &str) -> PathBuf {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain(["/usr/sbin".into()])
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
         .map(|dir| dir.join(name))
         .find(|p| p.exists())
         .unwrap_or_else(|| name.into())
@@ -295,6 +316,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// What the live feed's clients, the producer and the audit saw.
+struct Feed {
+    clients: Vec<client::Outcome>,
+    /// A client that read the final epoch of the log from its start.
+    audit: client::Outcome,
+    acked: live::Shared,
+    /// With --scenario redis-restart: hits acknowledged before Redis restarted.
+    redis_restart: Option<usize>,
+}
+
 /// One replacement, as the table shows it.
 struct Step {
     old: String,
@@ -336,7 +367,18 @@ async fn run<P: Proxy>(o: Options, files: u64) -> Result<bool, String> {
         shutdown_env.join(" "),
         dir.display()
     );
-    let env = [("ANALYTICS_EVENT_INTERVAL_MS", o.interval_ms.to_string())];
+    // Redis for the live feed, shared by every instance.
+    let mut redis = if o.live_clients > 0 {
+        let redis = live::Redis::start(&o.redis, &dir).await?;
+        println!("  redis-server on {}", redis.url());
+        Some(redis)
+    } else {
+        None
+    };
+    let mut env = vec![("ANALYTICS_EVENT_INTERVAL_MS", o.interval_ms.to_string())];
+    if let Some(redis) = &redis {
+        env.push(("REDIS_URL", redis.url()));
+    }
 
     // The expected reports, from an instance that sends them without pause.
     let report_path =
@@ -419,8 +461,38 @@ async fn run<P: Proxy>(o: Options, files: u64) -> Result<bool, String> {
                 expect: report::ReportCheck::new(references[r].clone()),
                 deadline,
                 stop: stop.clone(),
+                resume_from: None,
             };
             let start = run_start + ramp * i as u32 / o.clients as u32;
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                client::run(client).await
+            })
+        })
+        .collect();
+    // The live feed: the producer, then its clients over the same ramp.
+    let acked = live::Shared::default();
+    let (stop_feed, feed_stop) = tokio::sync::watch::channel(false);
+    let producer = (o.live_clients > 0).then(|| {
+        tokio::spawn(live::produce(
+            target.clone(),
+            o.hit_rate,
+            acked.clone(),
+            feed_stop.clone(),
+        ))
+    });
+    let feed_clients: Vec<_> = (0..o.live_clients)
+        .map(|i| {
+            let client = client::Client {
+                target: target.clone(),
+                protocol: target.best(i % 2 == 0),
+                path: "/api/v1/analytics/live".into(),
+                expect: live::LiveCheck::new(acked.clone()),
+                deadline,
+                stop: feed_stop.clone(),
+                resume_from: None,
+            };
+            let start = run_start + ramp * i as u32 / o.live_clients as u32;
             tokio::spawn(async move {
                 tokio::time::sleep_until(start.into()).await;
                 client::run(client).await
@@ -432,7 +504,20 @@ async fn run<P: Proxy>(o: Options, files: u64) -> Result<bool, String> {
     // The deploy: maxSurge 1, maxUnavailable 0, oldest first.
     let deploy_start = Instant::now();
     let mut steps = Vec::new();
+    let mut redis_restart = None;
     for n in 0..o.replacements {
+        if o.scenario == Scenario::RedisRestart && n == o.replacements / 2 {
+            if let Some(redis) = redis.as_mut() {
+                let hits_before = acked.lock().unwrap().ids.len();
+                let away = redis.restart_empty().await?;
+                println!(
+                    "  {:>5.1} s  redis-server restarted empty (away {} ms, {hits_before} hits acknowledged before)",
+                    run_start.elapsed().as_secs_f64(),
+                    away.as_millis()
+                );
+                redis_restart = Some(hits_before);
+            }
+        }
         let old = live.remove(0);
         let old_label = format!("{} :{}", old.name, old.addr.port());
         let name = format!("analytics-{}", o.instances + n);
@@ -451,7 +536,7 @@ async fn run<P: Proxy>(o: Options, files: u64) -> Result<bool, String> {
         let download = start_download(old.addr, &o).await;
         let kill_at = Instant::now() + termination_grace;
         let exit = match o.scenario {
-            Scenario::Rolling => {
+            Scenario::Rolling | Scenario::RedisRestart => {
                 // Terminating: out of the endpoints, then preStop, then SIGTERM.
                 proxy.take_out(old.addr).await?;
                 tokio::time::sleep(o.pre_stop).await;
@@ -494,6 +579,42 @@ async fn run<P: Proxy>(o: Options, files: u64) -> Result<bool, String> {
                 .map_err(|e| format!("a client panicked: {e}"))?,
         );
     }
+    // The producer stops; each live client ends once it has the last
+    // acknowledged hit; then an audit reads the log's whole epoch.
+    let feed = match producer {
+        None => None,
+        Some(producer) => {
+            let _ = stop_feed.send(true);
+            producer
+                .await
+                .map_err(|e| format!("the producer panicked: {e}"))?;
+            let mut clients = Vec::new();
+            for client in feed_clients {
+                clients.push(
+                    client
+                        .await
+                        .map_err(|e| format!("a live client panicked: {e}"))?,
+                );
+            }
+            let last = acked.lock().unwrap().last.clone();
+            let audit = client::run(client::Client {
+                target: target.clone(),
+                protocol: target.best(false),
+                path: "/api/v1/analytics/live".into(),
+                expect: live::LiveCheck::from_start(acked.clone()),
+                deadline: Instant::now() + Duration::from_secs(30),
+                stop: feed_stop.clone(),
+                resume_from: last.map(|l| format!("{}:0", l.epoch)),
+            })
+            .await;
+            Some(Feed {
+                clients,
+                audit,
+                acked: acked.clone(),
+                redis_restart,
+            })
+        }
+    };
     let page = match browser {
         Some(page) => Some(page.result(&browser_reference.rows).await),
         None => None,
@@ -504,12 +625,16 @@ async fn run<P: Proxy>(o: Options, files: u64) -> Result<bool, String> {
     }
     let requests = proxy.requests();
     proxy.stop().await;
+    if let Some(redis) = redis.as_mut() {
+        redis.stop().await;
+    }
 
     let ok = print_results(
         &o,
         P::NAME,
         &steps,
         &outcomes,
+        feed.as_ref(),
         page.as_ref(),
         &requests,
         run_start,
@@ -531,7 +656,7 @@ async fn start_download(
     o: &Options,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     let run_for = match o.scenario {
-        Scenario::Rolling => o.pre_stop + o.download,
+        Scenario::Rolling | Scenario::RedisRestart => o.pre_stop + o.download,
         Scenario::Race => o.download,
     };
     let days = (run_for.as_millis() as u64)
@@ -574,6 +699,7 @@ fn print_results(
     proxy: &str,
     steps: &[Step],
     outcomes: &[client::Outcome],
+    feed: Option<&Feed>,
     page: Option<&Result<browser::PageResult, String>>,
     requests: &[Logged],
     run_start: Instant,
@@ -613,21 +739,26 @@ fn print_results(
     let cut = sum(|c| c.cut as u64);
     let completed = outcomes.iter().filter(|c| c.completed).count();
     let crossed = outcomes.iter().filter(|c| c.notices > 0).count();
+    // Report and live clients alike: errors, the successors' load, the gaps.
+    let all: Vec<&client::Outcome> = outcomes
+        .iter()
+        .chain(feed.iter().flat_map(|f| &f.clients))
+        .collect();
     let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in outcomes {
+    for c in &all {
         if let Some(e) = &c.client_error {
             *errors.entry(e.as_str()).or_default() += 1;
         }
     }
     let client_errors: usize = errors.values().sum();
     let mut per_second: BTreeMap<u64, u64> = BTreeMap::new();
-    for t in outcomes.iter().flat_map(|c| &c.reconnect_times) {
+    for t in all.iter().flat_map(|c| &c.reconnect_times) {
         *per_second
             .entry(t.duration_since(run_start).as_secs())
             .or_default() += 1;
     }
     let peak = per_second.values().copied().max().unwrap_or(0);
-    let mut gaps: Vec<u128> = outcomes
+    let mut gaps: Vec<u128> = all
         .iter()
         .filter(|c| !c.max_gap.is_zero())
         .map(|c| c.max_gap.as_millis())
@@ -752,16 +883,23 @@ fn print_results(
         );
         ok.is_ok()
     };
+    let mut failures = Vec::new();
+    let live_line = match feed {
+        None => String::new(),
+        Some(feed) => live_results(o, feed, &mut failures),
+    };
     println!(
         "\nrolling deploy: proxy={}{} clients={} events={events} lost={lost} \
          duplicated={duplicated} client_errors={client_errors} reconnects={reconnects} \
-         peak_reconnects_per_s={peak} max_gap_ms={max_gap} deploy_s={:.1}",
+         peak_reconnects_per_s={peak} max_gap_ms={max_gap} deploy_s={:.1}{live_line} \
+         gap_p50_ms={} gap_p99_ms={}",
         proxy.to_lowercase(),
         if o.tls { "+tls" } else { "" },
         outcomes.len(),
-        deploy_time.as_secs_f64()
+        deploy_time.as_secs_f64(),
+        pct(50),
+        pct(99),
     );
-    let mut failures = Vec::new();
     if lost + duplicated + corrupt > 0 || client_errors > 0 {
         failures.push("events lost, duplicated or corrupt, or client errors".to_owned());
     }
@@ -847,4 +985,106 @@ fn page_on_one_h2_connection(requests: &[Logged]) -> Result<String, String> {
     } else {
         Err(format!("{summary}: never on the same connection"))
     }
+}
+
+/// The live feed's table; its part of the final line. Fails the run when a
+/// live client lost, duplicated or misread a hit, did not catch up, or got
+/// a reset it should not have (none, or exactly one each when Redis
+/// restarted empty), or when the log lost an acknowledged hit.
+fn live_results(o: &Options, feed: &Feed, failures: &mut Vec<String>) -> String {
+    let sum = |f: fn(&client::Outcome) -> u64| feed.clients.iter().map(f).sum::<u64>();
+    let (events, lost, duplicated) = (sum(|c| c.delivered), sum(|c| c.lost), sum(|c| c.duplicated));
+    let (corrupt, resets, gone) = (
+        sum(|c| c.corrupt),
+        sum(|c| c.resets as u64),
+        sum(|c| c.gone_with_log),
+    );
+    let reconnects = sum(|c| c.reconnects as u64);
+    let behind = feed.clients.iter().filter(|c| !c.completed).count();
+    let acked = feed.acked.lock().unwrap();
+    let final_epoch = acked.last.as_ref().map(|l| l.epoch.clone());
+    let before_restart = acked
+        .ids
+        .iter()
+        .filter(|id| Some(&id.epoch) != final_epoch.as_ref())
+        .count();
+    let audit = &feed.audit;
+    let hits_lost = audit.lost + audit.corrupt + audit.duplicated;
+    println!("\nlive feed:");
+    println!("| measure | value |");
+    println!("|---|---|");
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "hits acknowledged by collect (refused or unanswered)",
+            format!("{} ({})", acked.ids.len(), acked.refused),
+        ),
+        (
+            "live clients (caught up at the end)",
+            format!("{} ({})", feed.clients.len(), feed.clients.len() - behind),
+        ),
+        ("hits delivered once, in log order", events.to_string()),
+        ("lost", lost.to_string()),
+        ("duplicated", duplicated.to_string()),
+        ("corrupt (unknown id, other path)", corrupt.to_string()),
+        ("resets", resets.to_string()),
+        (
+            "acknowledged, then gone with the log (after the last received before a reset)",
+            gone.to_string(),
+        ),
+        ("reconnects", reconnects.to_string()),
+        (
+            "audit: the final epoch replayed from its start",
+            format!(
+                "{} hits, {} acknowledged ones missing",
+                audit.delivered, audit.lost
+            ),
+        ),
+        (
+            "acknowledged before Redis restarted empty (not in the final epoch)",
+            before_restart.to_string(),
+        ),
+    ];
+    for (name, value) in rows {
+        println!("| {name} | {value} |");
+    }
+    if lost + duplicated + corrupt > 0 {
+        failures.push("live hits lost, duplicated or corrupt".into());
+    }
+    if behind > 0 {
+        failures.push(format!(
+            "{behind} live client(s) never caught up with the last hit"
+        ));
+    }
+    if hits_lost > 0 || !audit.completed {
+        failures.push(format!(
+            "the log lost {hits_lost} acknowledged hit(s) (audit complete: {})",
+            audit.completed
+        ));
+    }
+    if acked.ids.is_empty() {
+        failures.push("no hit was acknowledged".into());
+    }
+    match feed.redis_restart {
+        Some(_) => {
+            let not_one = feed.clients.iter().filter(|c| c.resets != 1).count();
+            if not_one > 0 {
+                failures.push(format!(
+                    "{not_one} live client(s) did not get exactly one reset when Redis restarted"
+                ));
+            }
+        }
+        None if resets > 0 => failures.push(format!("{resets} reset(s) with no log lost")),
+        None => {}
+    }
+    if o.scenario != Scenario::RedisRestart && before_restart > 0 {
+        failures.push(format!(
+            "{before_restart} acknowledged hit(s) of an epoch the log no longer has"
+        ));
+    }
+    format!(
+        " live_clients={} live_events={events} live_lost={lost} live_duplicated={duplicated} \
+         live_resets={resets} hits_acked={} hits_lost={hits_lost}",
+        feed.clients.len(),
+        acked.ids.len()
+    )
 }
