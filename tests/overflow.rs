@@ -125,7 +125,10 @@ async fn reconnect_jitter_of_duration_max_is_sent_saturated() {
         .seed(1);
     let (notice, _) = drain_one_stream(config, true).await;
     let (retry, seconds) = delays(&notice);
-    assert!(retry >= base.as_millis() && retry <= MAX.as_millis(), "{retry}");
+    assert!(
+        retry >= base.as_millis() && retry <= MAX.as_millis(),
+        "{retry}"
+    );
     assert!(seconds >= base.as_secs_f64(), "{notice}");
 }
 
