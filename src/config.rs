@@ -133,7 +133,11 @@ impl Config {
     /// );
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.notice_window.is_zero() && self.notice_window >= self.grace_period {
+        // A grace period of `Duration::MAX` never ends: any window fits.
+        if !self.notice_window.is_zero()
+            && self.notice_window >= self.grace_period
+            && self.grace_period != Duration::MAX
+        {
             return Err(ConfigError::new(
                 NOTICE_WINDOW_ENV,
                 seconds(self.notice_window),
@@ -289,9 +293,22 @@ pub(crate) fn default_message(delay: Duration) -> String {
     )
 }
 
-/// `Retry-After` wants whole seconds: round up so nobody comes back early.
+/// `Retry-After` wants whole seconds: round up so nobody comes back early
+/// (saturating: `Duration::MAX` gives `u64::MAX`).
 pub(crate) fn whole_seconds_up(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+/// About thirty years: what tokio itself takes for "never".
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `at + d`, saturated: an instant too far to represent is about thirty years
+/// away (tokio's timers treat anything that far as "never"), so that
+/// `Duration::MAX` means "as long as it takes" instead of a panic.
+pub(crate) fn after(at: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    at.checked_add(d.min(FAR))
+        .or_else(|| at.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(at)
 }
 
 /// `30` for whole seconds, `1.5` otherwise: exact, in decimal (a float would

@@ -1,6 +1,6 @@
 //! The drain: the future of its report, and the task that runs it.
 
-use crate::{DrainReport, metrics, schedule::Plan, shared::Shared};
+use crate::{DrainReport, config::after, metrics, schedule::Plan, shared::Shared, state::AtStart};
 use std::{
     fmt,
     future::Future,
@@ -163,26 +163,32 @@ impl Shared {
             )
         });
         let started = plan.started;
-        let Some(in_flight) = self.state.start_drain() else {
+        let Some(at_start) = self.state.start_drain() else {
             return; // started by an earlier call
         };
-        let sse = self.sse.load(Ordering::Acquire);
         self.changed.notify_waiters();
-        runtime.spawn(self.clone().run_drain(started, in_flight, sse));
+        runtime.spawn(self.clone().run_drain(started, at_start));
     }
 
-    async fn run_drain(self: Arc<Self>, started: Instant, in_flight: usize, sse_streams: usize) {
+    async fn run_drain(self: Arc<Self>, started: Instant, at_start: AtStart) {
         let grace = self.config.grace_period;
+        let AtStart {
+            in_flight,
+            sse_streams,
+        } = at_start;
         tracing::info!(
             in_flight,
             grace_period_secs = grace.as_secs_f64(),
             "SSE drain started: new requests are rejected"
         );
-        tracing::info!("Active SSE connections: {sse_streams}");
-        tracing::info!("Notifying {sse_streams} active connections of shutdown");
+        tracing::info!(
+            "Notifying {sse_streams} open SSE streams of shutdown \
+             ({} more responses in flight: streams among them are notified when their handler resolves)",
+            in_flight - sse_streams,
+        );
         metrics::drain_duration(0.0);
 
-        let deadline = tokio::time::sleep_until(started + grace);
+        let deadline = tokio::time::sleep_until(after(started, grace));
         tokio::pin!(deadline);
         let mut ticks =
             tokio::time::interval_at(started + Duration::from_millis(500), Duration::from_secs(1));
@@ -207,10 +213,13 @@ impl Shared {
                 }
             }
         };
+        // The notices first, then the late streams: a stream is marked before
+        // its notice goes out, so every notice counted here has its stream
+        // counted below, and `notified <= sse_streams <= in_flight`.
         let notices = self.log.snapshot();
         let report = DrainReport {
             in_flight,
-            sse_streams,
+            sse_streams: sse_streams + self.state.late_sse(),
             notified: notices.by_priority.iter().sum(),
             notified_by_priority: notices.by_priority,
             first_notice: notices
@@ -226,6 +235,7 @@ impl Shared {
         };
         tracing::info!(
             notified = report.notified,
+            sse_streams = report.sse_streams,
             closed = report.closed,
             force_closed = report.force_closed,
             rejected = report.rejected,
@@ -236,20 +246,23 @@ impl Shared {
         let _ = self.report.set(report);
         self.report_ready.notify_waiters();
 
-        // Connections still open at the deadline hold a client that does not
-        // read (or a response outside the layer): close them, so that no
-        // client can keep the server alive. Without any, there is nothing to
-        // wait for; and the wait keeps nothing alive for whoever dropped the
-        // handle.
-        if self.connections.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        let deadline = started + grace + self.config.linger;
+        // At the deadline, close every connection still wrapped (wrapped
+        // before the report or after it: an accept loop goes on, a second
+        // server may share the handle): they hold a client that does not read
+        // or a response outside the layer, and no client may keep the server
+        // alive. A connection wrapped after the cut is cut at its first IO
+        // call. The wait holds only a `Weak`, and ends when the state is
+        // dropped: it keeps nothing alive for whoever dropped the handle.
+        let deadline = self.deadline().expect("the plan is set");
+        let gone = self.gone.clone();
         let shared = Arc::downgrade(&self);
         drop(self);
-        tokio::time::sleep_until(deadline).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            () = gone.notified() => return,
+        }
         if let Some(shared) = shared.upgrade() {
-            shared.cut.store(true, Ordering::Release);
+            shared.state.cut();
             shared.changed.notify_waiters();
             tracing::debug!("drain deadline: closing the connections that are still open");
         }

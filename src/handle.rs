@@ -169,7 +169,7 @@ impl DrainHandle {
     /// shutdown frame.
     #[must_use]
     pub fn sse_streams(&self) -> usize {
-        self.shared.sse.load(Ordering::Acquire)
+        self.shared.state.sse()
     }
 
     /// The number of admitted requests whose response body has not yet ended

@@ -8,8 +8,11 @@
 //!
 //! Routes: `/` (the page), `/api/v1/analytics/stream` (a report as SSE,
 //! resumable), `/api/v1/analytics/realtime` (endless SSE of realtime
-//! figures), `/api/v1/analytics/export` (a report as CSV), `/healthz/live`,
-//! `/healthz/ready` (503 during the drain) and `/metrics`.
+//! figures), `/api/v1/analytics/export` (a report as CSV),
+//! `POST /api/v1/analytics/collect` (a hit, stored in the live log),
+//! `/api/v1/analytics/live` (every hit as SSE, resumable on any instance),
+//! `/healthz/live`, `/healthz/ready` (503 during the drain or while the live
+//! log is unreachable) and `/metrics`.
 //!
 //! Environment:
 //! - `BIND` (default `127.0.0.1`) and `PORT` (default `3000`);
@@ -22,13 +25,21 @@
 //! - `ANALYTICS_EVENT_INTERVAL_MS`: pace of the report, one day of rows per
 //!   interval, and of the realtime stream, one event per interval (default
 //!   100; 0 = as fast as the client reads);
+//! - `REDIS_URL` (say `redis://127.0.0.1:6379/`): the live log on Redis
+//!   Streams, shared by every instance; unset, an in-process log;
+//! - `LIVE_HISTORY`: how much of the live log is kept for resumes, a count of
+//!   hits (default 10000) or an age (`90s`, `10m`, `2h`, `1d`);
+//! - `LIVE_BROADCAST_CAPACITY` (default 1024): how many hits a live
+//!   subscriber may fall behind before it reads from the log instead;
 //! - `POD_NAME` (else the host name): the `pod` label of the metrics;
 //! - `RUST_LOG` (default `info`).
 
 use analytics::{
+    live::{self, EventId, Feed, History, Hit, Item, Log, MemoryLog, RedisLog, Resume},
     realtime,
     report::{Params, Report, ReportEvent, Row},
 };
+use axum::body::Bytes;
 use axum::{
     Json, Router,
     extract::{Query, State},
@@ -37,12 +48,14 @@ use axum::{
         Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::get,
+    routing::{get, post},
 };
 use futures_util::{StreamExt, stream};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
-use std::{collections::HashMap, convert::Infallible, process::ExitCode, time::Duration};
+use std::{
+    collections::HashMap, convert::Infallible, process::ExitCode, sync::Arc, time::Duration,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tower_graceful_sse::{Config, DrainHandle};
 use tracing_subscriber::EnvFilter;
@@ -52,6 +65,7 @@ struct AppState {
     drain: DrainHandle,
     metrics: PrometheusHandle,
     pace: Duration,
+    feed: Feed,
 }
 
 #[tokio::main]
@@ -94,6 +108,16 @@ async fn run() -> Result<(), StartError> {
             )
         })?,
     };
+    let log = live_log().map_err(|e| StartError(2, e))?;
+    let capacity = match std::env::var("LIVE_BROADCAST_CAPACITY") {
+        Err(_) => 1024,
+        Ok(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            StartError(
+                2,
+                format!("invalid LIVE_BROADCAST_CAPACITY={v:?}: expected a whole number above 0"),
+            )
+        })?,
+    };
     let addr = bind_addr().map_err(|e| StartError(2, e))?;
     let metrics = PrometheusBuilder::new()
         .add_global_label("pod", pod_name())
@@ -110,6 +134,7 @@ async fn run() -> Result<(), StartError> {
         drain: drain.clone(),
         metrics,
         pace,
+        feed: Feed::new(log, capacity),
     };
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -126,16 +151,34 @@ async fn run() -> Result<(), StartError> {
     Ok(())
 }
 
+/// `REDIS_URL` and `LIVE_HISTORY`: the live log.
+fn live_log() -> Result<Arc<dyn Log>, String> {
+    let history = History::from_env()?;
+    Ok(match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => {
+            tracing::info!(?history, "live log: Redis Streams (REDIS_URL)");
+            Arc::new(RedisLog::open(&url, history)?)
+        }
+        _ => {
+            tracing::info!(?history, "live log: in-process (REDIS_URL unset)");
+            Arc::new(MemoryLog::new(history))
+        }
+    })
+}
+
 /// The API's streaming routes sit behind the drain layer; health checks,
-/// metrics and the page do not, so they answer during the drain.
+/// metrics, the page and `collect` do not, so they answer during the drain
+/// (a hit sent to a draining instance is stored, not refused).
 fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/stream", get(stream_report))
         .route("/export", get(export_report))
         .route("/realtime", get(stream_realtime))
+        .route("/live", get(stream_live))
         .route_layer(state.drain.layer());
     Router::new()
         .nest("/api/v1/analytics", api)
+        .route("/api/v1/analytics/collect", post(collect))
         .route("/", get(|| async { Html(include_str!("../page.html")) }))
         .route("/healthz/live", get(|| async { "ok" }))
         .route("/healthz/ready", get(ready))
@@ -168,11 +211,22 @@ async fn shutdown(drain: DrainHandle) {
     tracing::info!("drain report: {report}");
 }
 
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+/// `ready`, or a 503 saying why not: draining, or the live log unreachable
+/// (no answer within a second counts as unreachable).
+async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
     if state.drain.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else {
-        (StatusCode::OK, "ready")
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining".into());
+    }
+    match tokio::time::timeout(Duration::from_secs(1), state.feed.log().head()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready".into()),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("live log unreachable: {e}"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "live log unreachable: no answer within 1 s".into(),
+        ),
     }
 }
 
@@ -258,6 +312,76 @@ async fn stream_realtime(
         )
     });
     Ok(Sse::new(stream).keep_alive(keep_alive()).into_response())
+}
+
+/// The largest body `POST /collect` reads.
+const MAX_HIT_BYTES: usize = 4096;
+
+/// `POST /api/v1/analytics/collect` with `{"source":"google","path":"/pricing"}`:
+/// appends the hit to the live log and answers `{"id":"<epoch>:<position>"}`
+/// once it is stored; a 400 with `{"error": ...}` for a bad body, a 503
+/// (never a 2xx) when the log is unreachable.
+async fn collect(State(state): State<AppState>, body: Bytes) -> Response {
+    if body.len() > MAX_HIT_BYTES {
+        return BadRequest(format!(
+            "the body has {} bytes, more than {MAX_HIT_BYTES}",
+            body.len()
+        ))
+        .into_response();
+    }
+    let hit = match Hit::parse(&body, live::now_ms()) {
+        Ok(hit) => hit,
+        Err(e) => return BadRequest(e).into_response(),
+    };
+    match state.feed.log().append(&hit).await {
+        Ok(id) => Json(json!({ "id": id.to_string() })).into_response(),
+        Err(e) => {
+            tracing::warn!("collect: not stored: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                Json(json!({ "error": format!("not stored, the live log is unreachable: {e}") })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// `GET /api/v1/analytics/live`: every hit as SSE, in log order: `event:
+/// hit`, `id: <epoch>:<position>`, `data:` the hit as JSON (see
+/// [`live::hit_json`]). A fresh stream starts with an `id:` alone (no event:
+/// where it starts, so that a reconnect before the first hit misses
+/// nothing). `Last-Event-ID` (header, or `last_event_id` as for `/stream`)
+/// resumes after that hit, on any instance: the history, then live. Where
+/// that cannot be done without a gap (the history was trimmed, the log lost,
+/// the id unknown) one `event: reset` says so, then the feed goes on; never
+/// a 4xx, which an `EventSource` would take as final.
+async fn stream_live(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let resume = match last_event_id(&query, &headers) {
+        None => Resume::Now,
+        Some(raw) => match raw.parse::<EventId>() {
+            Ok(id) => Resume::After(id),
+            Err(()) => Resume::Invalid(raw),
+        },
+    };
+    let events = state.feed.subscribe(resume).map(|item| {
+        Ok::<_, Infallible>(match item {
+            Item::Position(id) => Event::default().id(id.to_string()),
+            Item::Hit(hit) => Event::default()
+                .event("hit")
+                .id(&hit.id_text)
+                .data(&hit.data),
+            Item::Reset { id, data, .. } => Event::default()
+                .event("reset")
+                .id(id.to_string())
+                .data(data),
+        })
+    });
+    Sse::new(events).keep_alive(keep_alive()).into_response()
 }
 
 /// A comment line every 15 s on an otherwise quiet stream, so proxies and

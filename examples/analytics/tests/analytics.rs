@@ -5,109 +5,22 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod example;
 
 use analytics::report;
 use common::*;
+use example::{Server, example_binary, free_port};
 use serde_json::Value;
 use std::{
     net::SocketAddr,
     path::PathBuf,
     process::Stdio,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    process::Command,
 };
-
-/// The example binary, built by `cargo test` before these tests.
-fn example_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_analytics"))
-}
-
-/// A free loopback port, to start two servers on the same one in turn.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One run of the example server; killed if the test fails.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    logs: Arc<Mutex<String>>,
-    /// The tasks copying stdout and stderr into `logs`; they end at EOF.
-    readers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Server {
-    async fn start(port: u16, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(example_binary())
-            .env("PORT", port.to_string())
-            .env("RUST_LOG", "info")
-            .env("POD_NAME", "analytics-test-pod")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let logs = logs.clone();
-            readers.push(tokio::spawn(async move {
-                let mut lines = BufReader::new(out).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let mut logs = logs.lock().unwrap();
-                    logs.push_str(&line);
-                    logs.push('\n');
-                }
-            }));
-        }
-        let server = Server {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            logs,
-            readers,
-        };
-        until(|| server.logs().contains("listening on")).await;
-        server
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().clone()
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn exit_code(&mut self) -> i32 {
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the server did not exit within 30 s")
-            .unwrap();
-        // Every line it wrote before exiting is in `logs` once both pipes
-        // reach their end.
-        for reader in self.readers.drain(..) {
-            within(reader).await.unwrap();
-        }
-        status.code().expect("exited by a signal")
-    }
-}
 
 /// The rows of a `result` event.
 fn rows(event: &eventsource_stream::Event) -> Vec<Value> {
@@ -285,6 +198,10 @@ async fn bad_configuration_stops_the_start_with_exit_code_2() {
         ("SHUTDOWN_GRACE_PERIOD", "-1"),
         ("SHUTDOWN_GRACE_PERIOD", ""),
         ("SHUTDOWN_SSE_REJECTION", "maybe"),
+        ("LIVE_HISTORY", "10x"),
+        ("LIVE_HISTORY", "0"),
+        ("LIVE_BROADCAST_CAPACITY", "0"),
+        ("REDIS_URL", "nope"),
     ] {
         let out = Command::new(example_binary())
             .env("PORT", free_port().to_string())
@@ -653,6 +570,15 @@ async fn browser_page_survives_a_restart() {
         .filter(|n| n.starts_with("Server restarting"))
         .collect();
     assert_eq!(lines, [message], "the notice line shows one delay");
+    assert!(
+        result["noticeLines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("No answer from the server")),
+        "while the page backs off, the notice line says so: {}",
+        result["noticeLines"]
+    );
     let countdown: Vec<f64> = result["badges"]
         .as_array()
         .unwrap()
@@ -682,7 +608,7 @@ async fn browser_page_survives_a_restart() {
     };
     let back = after(&report_attempts, "notice") - ms(&notice["at"]);
     assert!(
-        back >= delay - 5.0 && back < delay + 400.0,
+        back >= delay - 5.0 && back < delay + 1000.0,
         "the report came back {back} ms after a notice that asked {delay} ms"
     );
     let realtime_back = after(&records("attempts", "realtime"), "notice");
@@ -694,7 +620,9 @@ async fn browser_page_survives_a_restart() {
 
     // The server down: each retry waits between half and all of its
     // back-off step (200 ms doubling, capped at 1.6 s), plus the time a
-    // connection takes to fail; so the spacing grows and stays under the cap.
+    // connection takes to fail (a second of slack for a loaded machine: an
+    // uncapped back-off still breaks it by the 6th retry, 3.2 s or more);
+    // so the spacing grows and stays under the cap.
     let notice_at = report_attempts
         .iter()
         .position(|a| a["after"] == "notice")
@@ -711,14 +639,15 @@ async fn browser_page_survives_a_restart() {
     for (i, gap) in gaps.iter().enumerate() {
         let step = (BASE_MS * 2f64.powi(i as i32)).min(CAP_MS);
         assert!(
-            *gap >= step / 2.0 - 5.0 && *gap <= step + 300.0,
+            *gap >= step / 2.0 - 5.0 && *gap <= step + 1000.0,
             "retry {} came {gap} ms after the last, outside {}..={step} ms: {gaps:?}",
             i + 1,
             step / 2.0
         );
     }
+    // Up to the cap, each step's least is the last step's most.
     assert!(
-        gaps.windows(2).all(|w| w[1] >= w[0] - 50.0),
+        gaps[..4].windows(2).all(|w| w[1] >= w[0] - 50.0),
         "the spacing grows: {gaps:?}"
     );
     assert!(
