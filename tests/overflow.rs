@@ -35,7 +35,7 @@ async fn drain_one_stream(
 
     let drain = handle.drain();
     // Neither the deadline nor the `Debug` of the drain overflows.
-    let deadline = drain.deadline();
+    let deadline = drain.deadline().expect("started");
     assert!(deadline > tokio::time::Instant::now());
     let _ = format!("{drain:?} {handle:?}");
 
