@@ -19,6 +19,10 @@ pub const RECONNECT_JITTER_ENV: &str = "SHUTDOWN_RECONNECT_JITTER";
 /// The environment variable read by [`Config::from_env`] for the notice window.
 pub const NOTICE_WINDOW_ENV: &str = "SHUTDOWN_NOTICE_WINDOW";
 
+/// The environment variable read by [`Config::from_env`] for the reconnect
+/// rate, in streams per second.
+pub const RECONNECT_RATE_ENV: &str = "SHUTDOWN_RECONNECT_RATE";
+
 /// The longest duration accepted: one day. Anything longer is a typo.
 const MAX_SECONDS: f64 = 86_400.0;
 
@@ -56,6 +60,7 @@ pub struct Config {
     pub(crate) reconnect_delay: Duration,
     pub(crate) linger: Duration,
     pub(crate) reconnect_jitter: Duration,
+    pub(crate) reconnect_rate: Option<f64>,
     pub(crate) notice_window: Duration,
     pub(crate) seed: Option<u64>,
     pub(crate) message: Option<String>,
@@ -74,6 +79,7 @@ impl Default for Config {
             reconnect_delay: Duration::from_secs(30),
             linger: Duration::from_secs(1),
             reconnect_jitter: DEFAULT_JITTER,
+            reconnect_rate: None,
             notice_window: Duration::ZERO,
             seed: None,
             message: None,
@@ -86,11 +92,12 @@ impl Default for Config {
 impl Config {
     /// The defaults, with the grace period read from `SHUTDOWN_GRACE_PERIOD`,
     /// the reconnect delay from `SHUTDOWN_RECONNECT_DELAY`, its jitter from
-    /// `SHUTDOWN_RECONNECT_JITTER`, the notice window from
-    /// `SHUTDOWN_NOTICE_WINDOW` and the linger from `SHUTDOWN_LINGER`, where
-    /// set.
+    /// `SHUTDOWN_RECONNECT_JITTER` or its rate from `SHUTDOWN_RECONNECT_RATE`,
+    /// the notice window from `SHUTDOWN_NOTICE_WINDOW` and the linger from
+    /// `SHUTDOWN_LINGER`, where set.
     ///
-    /// Values are in seconds, whole or fractional (`20`, `0.5`, `0`).
+    /// Durations are in seconds, whole or fractional (`20`, `0.5`, `0`); the
+    /// rate is in streams per second (`500`, `2.5`).
     ///
     /// # Errors
     ///
@@ -112,6 +119,9 @@ impl Config {
         }
         if let Some(jitter) = env_seconds(RECONNECT_JITTER_ENV)? {
             config.reconnect_jitter = jitter;
+        }
+        if let Some(rate) = env_rate(RECONNECT_RATE_ENV)? {
+            config.reconnect_rate = Some(rate);
         }
         if let Some(window) = env_seconds(NOTICE_WINDOW_ENV)? {
             config.notice_window = window;
@@ -149,6 +159,9 @@ impl Config {
     /// );
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(rate) = self.reconnect_rate {
+            check_rate("Config::reconnect_rate", &rate.to_string(), rate)?;
+        }
         self.check_window("Config::notice_window", "Config::grace_period")
     }
 
@@ -220,6 +233,35 @@ impl Config {
     /// every stream the same frame, as before this setting existed.
     pub fn reconnect_jitter(mut self, reconnect_jitter: Duration) -> Self {
         self.reconnect_jitter = reconnect_jitter;
+        self
+    }
+
+    /// Spreads the reconnects over a window sized to the load instead of the
+    /// fixed [jitter](Self::reconnect_jitter): at most `per_second` streams
+    /// of this instance are asked to come back in any second (default: not
+    /// set, the jitter applies).
+    ///
+    /// When the drain starts with `open` SSE streams, each notice's delay is
+    /// drawn uniformly from `reconnect_delay ..= reconnect_delay + open /
+    /// per_second` (in whole milliseconds), and its `retry:`, JSON
+    /// `reconnect_delay`, default message and a `503`'s `Retry-After` agree,
+    /// as with the jitter; [`DrainReport::reconnect_window`] says the window
+    /// used. 1,000 streams at 500 per second come back within 2 s of the
+    /// delay, 10,000 within 20 s: the same peak at the successors, and no
+    /// client of a lightly loaded instance waits for a spread sized for the
+    /// heaviest one. Streams whose handler resolves after the drain started,
+    /// and requests rejected during the drain, draw from the same window; in
+    /// a rolling update (the instance leaves the load balancer before
+    /// `SIGTERM`) they are few.
+    ///
+    /// Set, it replaces the jitter; clear it with
+    /// [`reconnect_jitter`](Self::reconnect_jitter)'s fixed spread by not
+    /// setting it. `per_second` must be finite and above zero: see
+    /// [`validate`](Self::validate).
+    ///
+    /// [`DrainReport::reconnect_window`]: crate::DrainReport::reconnect_window
+    pub fn reconnect_rate(mut self, per_second: f64) -> Self {
+        self.reconnect_rate = Some(per_second);
         self
     }
 
@@ -303,6 +345,13 @@ impl Config {
     #[must_use]
     pub fn get_linger(&self) -> Duration {
         self.linger
+    }
+
+    /// The [reconnect rate](Self::reconnect_rate), in streams per second, if
+    /// set.
+    #[must_use]
+    pub fn get_reconnect_rate(&self) -> Option<f64> {
+        self.reconnect_rate
     }
 
     /// The [reconnect jitter](Self::reconnect_jitter).
@@ -413,6 +462,47 @@ fn env_seconds(name: &'static str) -> Result<Option<Duration>, ConfigError> {
             "is not valid UTF-8",
         )),
     }
+}
+
+/// Reads a rate in streams per second from the environment, if the variable
+/// is set.
+fn env_rate(name: &'static str) -> Result<Option<f64>, ConfigError> {
+    match std::env::var(name) {
+        Ok(value) => parse_rate(name, &value).map(Some),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(value)) => Err(ConfigError::new(
+            name,
+            value.to_string_lossy(),
+            "is not valid UTF-8",
+        )),
+    }
+}
+
+/// Parses a rate in streams per second: a number above zero.
+pub(crate) fn parse_rate(name: &'static str, value: &str) -> Result<f64, ConfigError> {
+    let trimmed = value.trim();
+    let rate: f64 = trimmed.parse().map_err(|_| {
+        ConfigError::new(
+            name,
+            value,
+            "is not a number of streams per second such as 500 or 2.5",
+        )
+    })?;
+    check_rate(name, value, rate)?;
+    Ok(rate)
+}
+
+/// A rate must be finite and above zero: zero would ask every client to wait
+/// forever, and the window is `open / rate`.
+fn check_rate(name: &'static str, value: &str, rate: f64) -> Result<(), ConfigError> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(ConfigError::new(
+            name,
+            value,
+            "must be a finite number of streams per second above zero",
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a duration in seconds, whole or fractional.

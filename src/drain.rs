@@ -1,6 +1,13 @@
 //! The drain: the future of its report, and the task that runs it.
 
-use crate::{DrainReport, config::after, metrics, schedule::Plan, shared::Shared, state::AtStart};
+use crate::{
+    DrainReport,
+    config::{after, seconds},
+    metrics,
+    schedule::Plan,
+    shared::Shared,
+    state::AtStart,
+};
 use std::{
     fmt,
     future::Future,
@@ -141,14 +148,27 @@ impl Shared {
             in_flight,
             sse_streams,
         } = at_start;
+        let config = &self.config;
+        let window = self.plan().window();
         tracing::info!(
             in_flight,
             grace_period_secs = grace.as_secs_f64(),
-            "SSE drain started: new requests are rejected"
+            reconnect_delay_secs = config.reconnect_delay.as_secs_f64(),
+            reconnect_window_secs = window.as_secs_f64(),
+            reconnect_rate = config.reconnect_rate,
+            notice_window_secs = config.notice_window.as_secs_f64(),
+            "SSE drain started: new requests are rejected; clients reconnect after {} s plus up to {} s{}",
+            seconds(config.reconnect_delay),
+            seconds(window),
+            match config.reconnect_rate {
+                Some(rate) => format!(" ({sse_streams} streams at {rate}/s)"),
+                None => String::from(" (the fixed jitter)"),
+            },
         );
+        tracing::info!("Active SSE connections: {sse_streams}");
         tracing::info!(
-            "Notifying {sse_streams} open SSE streams of shutdown \
-             ({} more responses in flight: streams among them are notified when their handler resolves)",
+            "Notifying {sse_streams} active connections of shutdown \
+             (and the streams among {} more responses in flight as their handlers resolve)",
             in_flight - sse_streams,
         );
         metrics::drain_duration(0.0);
@@ -196,6 +216,7 @@ impl Shared {
             closed: in_flight.saturating_sub(force_closed),
             force_closed,
             rejected: self.rejected.load(Ordering::Acquire),
+            reconnect_window: self.plan().window(),
             elapsed: started.elapsed(),
         };
         tracing::info!(

@@ -32,6 +32,11 @@ pub struct DrainReport {
     pub force_closed: usize,
     /// Requests rejected since the drain started, up to the report.
     pub rejected: usize,
+    /// How far past [`Config::reconnect_delay`](crate::Config::reconnect_delay)
+    /// the clients' delays were spread: the
+    /// [jitter](crate::Config::reconnect_jitter), or the open streams over
+    /// the [reconnect rate](crate::Config::reconnect_rate).
+    pub reconnect_window: Duration,
     /// From the start of the drain until the last response ended or the grace
     /// period ran out: the final value of the `sse_shutdown_duration_seconds`
     /// gauge.

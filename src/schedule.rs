@@ -30,6 +30,7 @@ pub(crate) struct Plan {
     pub(crate) started: Instant,
     seed: u64,
     base: Duration,
+    /// The spread of the delays: the jitter, or `open / rate`.
     jitter_ms: u64,
     frame: NoticeFrame,
     /// Each priority's band of the window: start and width.
@@ -37,7 +38,8 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// `open` is the number of open SSE streams of each priority.
+    /// `open` is the number of open SSE streams of each priority: with a
+    /// [reconnect rate](Config::reconnect_rate), their sum sizes the spread.
     pub(crate) fn new(
         config: &Config,
         open: [usize; 3],
@@ -48,10 +50,17 @@ impl Plan {
             started,
             seed: config.seed.unwrap_or_else(random_seed),
             base: config.reconnect_delay,
-            jitter_ms: u64::try_from(config.reconnect_jitter.as_millis()).unwrap_or(u64::MAX - 1),
+            jitter_ms: u64::try_from(spread(config, open.iter().sum()).as_millis())
+                .unwrap_or(u64::MAX - 1),
             frame: NoticeFrame::new(config.message.as_deref(), config.reconnect_delay, now),
             bands: bands(config.notice_window, open),
         }
+    }
+
+    /// How far past the base delay the delays spread: the jitter, or
+    /// `open / rate`, in whole milliseconds.
+    pub(crate) fn window(&self) -> Duration {
+        Duration::from_millis(self.jitter_ms)
     }
 
     /// The reconnect delay of draw `index`, uniform over
@@ -93,6 +102,19 @@ impl Plan {
 
     fn hash(&self, draw: Draw, index: usize) -> u64 {
         splitmix64(self.seed ^ splitmix64((draw as u64) << 56 ^ index as u64))
+    }
+}
+
+/// The spread of the reconnect delays: `open / rate` with a rate (rounded up
+/// to whole milliseconds, so that no second gets more than `rate`), else the
+/// fixed jitter.
+fn spread(config: &Config, open: usize) -> Duration {
+    match config.reconnect_rate {
+        Some(rate) => {
+            let millis = (open as f64 * 1000.0 / rate).ceil();
+            Duration::try_from_secs_f64(millis / 1000.0).unwrap_or(Duration::MAX)
+        }
+        None => config.reconnect_jitter,
     }
 }
 
@@ -200,6 +222,48 @@ mod tests {
             let delay = plan.delay(Draw::Rejection, i);
             assert!(Duration::from_secs(plan.retry_after(i)) >= delay);
         }
+    }
+
+    #[test]
+    fn a_rate_sizes_the_spread_to_the_open_streams() {
+        let config = Config::default()
+            .reconnect_delay(Duration::from_secs(1))
+            .reconnect_jitter(Duration::from_secs(15))
+            .reconnect_rate(500.0)
+            .seed(9);
+        for (open, window) in [(1_000, 2_000), (10_000, 20_000), (1, 2), (0, 0)] {
+            let plan = plan(&config, [0, open, 0]);
+            assert_eq!(
+                plan.window(),
+                Duration::from_millis(window),
+                "{open} streams"
+            );
+            let delays: Vec<Duration> = (0..10_000).map(|i| plan.delay(Draw::Notice, i)).collect();
+            let top = Duration::from_millis(1_000 + window);
+            assert!(
+                delays
+                    .iter()
+                    .all(|d| (Duration::from_secs(1)..=top).contains(d))
+            );
+        }
+        // Uniform over the window: about open/window of them in each second.
+        let plan = plan(&config, [0, 10_000, 0]);
+        let mut per_second = [0usize; 21];
+        for i in 0..10_000 {
+            per_second[(plan.delay(Draw::Notice, i).as_secs() - 1) as usize] += 1;
+        }
+        assert!(
+            per_second[..20].iter().all(|&n| (400..=600).contains(&n)),
+            "{per_second:?}"
+        );
+        // Without a rate, the jitter.
+        let plan = super::Plan::new(
+            &Config::default().reconnect_jitter(Duration::from_secs(3)),
+            [0, 10_000, 0],
+            Instant::now(),
+            UNIX_EPOCH,
+        );
+        assert_eq!(plan.window(), Duration::from_secs(3));
     }
 
     #[test]

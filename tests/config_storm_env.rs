@@ -1,16 +1,23 @@
-//! `Config::from_env` reads `SHUTDOWN_RECONNECT_JITTER` and
-//! `SHUTDOWN_NOTICE_WINDOW`, and checks the window against
+//! `Config::from_env` reads `SHUTDOWN_RECONNECT_JITTER`,
+//! `SHUTDOWN_RECONNECT_RATE` and `SHUTDOWN_NOTICE_WINDOW`, and checks the window against
 //! `SHUTDOWN_GRACE_PERIOD`. One test in its own process, because it changes
 //! the environment.
 
 use std::time::Duration;
-use tower_graceful_sse::{Config, GRACE_PERIOD_ENV, NOTICE_WINDOW_ENV, RECONNECT_JITTER_ENV};
+use tower_graceful_sse::{
+    Config, GRACE_PERIOD_ENV, NOTICE_WINDOW_ENV, RECONNECT_JITTER_ENV, RECONNECT_RATE_ENV,
+};
 
 /// `from_env` with `name` set to `value` (or unset), the others unset.
 fn with(name: &str, value: Option<&str>) -> Result<Config, String> {
     // SAFETY: the only test in this binary; no other thread reads the environment.
     unsafe {
-        for other in [GRACE_PERIOD_ENV, NOTICE_WINDOW_ENV, RECONNECT_JITTER_ENV] {
+        for other in [
+            GRACE_PERIOD_ENV,
+            NOTICE_WINDOW_ENV,
+            RECONNECT_JITTER_ENV,
+            RECONNECT_RATE_ENV,
+        ] {
             std::env::remove_var(other);
         }
         if let Some(value) = value {
@@ -89,5 +96,60 @@ fn jitter_and_window_come_from_the_environment() {
         with(NOTICE_WINDOW_ENV, Some("25")).unwrap_err(),
         "invalid SHUTDOWN_NOTICE_WINDOW=\"25\": must end before the grace period, \
          SHUTDOWN_GRACE_PERIOD=\"20\"; make the window shorter or the grace period longer"
+    );
+
+    // The reconnect rate, in streams per second: a number above zero; a bad
+    // value names the variable and the value.
+    assert_eq!(
+        with(RECONNECT_RATE_ENV, Some("500")),
+        Ok(Config::default().reconnect_rate(500.0))
+    );
+    assert_eq!(
+        with(RECONNECT_RATE_ENV, Some(" 2.5 ")),
+        Ok(Config::default().reconnect_rate(2.5))
+    );
+    for (bad, reason) in [
+        (
+            "0",
+            "must be a finite number of streams per second above zero",
+        ),
+        (
+            "-3",
+            "must be a finite number of streams per second above zero",
+        ),
+        (
+            "inf",
+            "must be a finite number of streams per second above zero",
+        ),
+        (
+            "NaN",
+            "must be a finite number of streams per second above zero",
+        ),
+        (
+            "abc",
+            "is not a number of streams per second such as 500 or 2.5",
+        ),
+        (
+            "500/s",
+            "is not a number of streams per second such as 500 or 2.5",
+        ),
+        (
+            "",
+            "is not a number of streams per second such as 500 or 2.5",
+        ),
+    ] {
+        assert_eq!(
+            with(RECONNECT_RATE_ENV, Some(bad)),
+            Err(format!("invalid {RECONNECT_RATE_ENV}={bad:?}: {reason}"))
+        );
+    }
+    // In code, the error names the setter.
+    assert_eq!(
+        Config::default()
+            .reconnect_rate(0.0)
+            .validate()
+            .unwrap_err()
+            .to_string(),
+        "invalid Config::reconnect_rate=\"0\": must be a finite number of streams per second above zero"
     );
 }

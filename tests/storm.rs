@@ -157,8 +157,15 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Vec<Seen> {
     out
 }
 
-/// The delays of `n` idle streams drained with `config`, sorted.
+/// The delays of `n` idle streams drained with `config`, sorted, and the
+/// `Retry-After` of `n` requests rejected after the drain.
 async fn delays(config: Config, n: usize) -> (Vec<Duration>, Vec<u64>) {
+    let (delays, retry_after, _) = drain_idle(config, n).await;
+    (delays, retry_after)
+}
+
+/// [`delays`], with the drain's report.
+async fn drain_idle(config: Config, n: usize) -> (Vec<Duration>, Vec<u64>, DrainReport) {
     let handle = DrainHandle::new(config);
     let addr = serve(app(&handle));
     let mut tasks = Vec::new();
@@ -182,7 +189,7 @@ async fn delays(config: Config, n: usize) -> (Vec<Duration>, Vec<u64>) {
                 .unwrap(),
         );
     }
-    (delays, retry_after)
+    (delays, retry_after, report)
 }
 
 #[tokio::test]
@@ -236,6 +243,55 @@ async fn the_defaults_spread_the_delays_over_fifteen_seconds() {
         "{delays:?}"
     );
     assert!(retry_after.iter().all(|s| (30..=45).contains(s)));
+}
+
+#[tokio::test]
+async fn a_reconnect_rate_sizes_the_spread_to_the_open_streams() {
+    // 60 streams at 20 per second: every delay within 1 s ..= 1 s + 3 s, and
+    // the report says the window; the rate replaces the jitter.
+    let config = Config::default()
+        .reconnect_delay(Duration::from_secs(1))
+        .reconnect_jitter(Duration::from_secs(60))
+        .reconnect_rate(20.0)
+        .seed(11);
+    let (delays, retry_after, report) = drain_idle(config, 60).await;
+    assert_eq!(report.reconnect_window, Duration::from_secs(3));
+    let (lo, hi) = (Duration::from_secs(1), Duration::from_secs(4));
+    assert!(delays.iter().all(|d| (lo..=hi).contains(d)), "{delays:?}");
+    assert!(
+        delays[59] - delays[0] > Duration::from_secs(2),
+        "{delays:?}"
+    );
+    // Spread over the window, not bunched: no second holds more than twice
+    // its share (20), with these seeded draws.
+    let mut per_second = [0; 4];
+    for d in &delays {
+        per_second[((*d - lo).as_secs() as usize).min(3)] += 1;
+    }
+    assert!(per_second[..3].iter().all(|&n| n <= 30), "{per_second:?}");
+    assert!(
+        retry_after.iter().all(|s| (1..=4).contains(s)),
+        "{retry_after:?}"
+    );
+
+    // Three streams at the same rate come back within 150 ms of the delay:
+    // a light instance does not keep its clients waiting for a spread sized
+    // for a heavy one.
+    let config = Config::default()
+        .reconnect_delay(Duration::from_secs(1))
+        .reconnect_rate(20.0)
+        .seed(11);
+    let (delays, _, report) = drain_idle(config, 3).await;
+    assert_eq!(report.reconnect_window, Duration::from_millis(150));
+    assert!(
+        delays.iter().all(|d| *d <= Duration::from_millis(1150)),
+        "{delays:?}"
+    );
+
+    // Without a rate, the window is the jitter.
+    let config = Config::default().reconnect_jitter(Duration::from_secs(7));
+    let (_, _, report) = drain_idle(config, 2).await;
+    assert_eq!(report.reconnect_window, Duration::from_secs(7));
 }
 
 /// Opens `per` idle and `per` busy streams of each priority, drains with a
