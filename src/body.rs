@@ -119,10 +119,9 @@ where
             } => (body, guard, splice, wait),
         };
         loop {
-            let Some(shared) = guard.as_ref().map(Guard::shared) else {
+            let Some(phase) = guard.as_ref().map(|g| g.shared().phase()) else {
                 return Poll::Ready(None);
             };
-            let phase = shared.phase();
             if Shared::is_draining(phase) {
                 let notice = splice.as_mut().and_then(|s| {
                     let guard = guard.as_ref()?;
@@ -130,7 +129,10 @@ where
                     s.notice(guard)
                 });
                 if let Some(frame) = notice {
-                    if shared.config.end_after_notice || Shared::is_forced(phase) {
+                    let end_after = guard
+                        .as_ref()
+                        .is_some_and(|g| g.shared().config.end_after_notice);
+                    if end_after || Shared::is_forced(phase) {
                         end(guard, wait);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(frame))));
@@ -151,25 +153,23 @@ where
                     }
                 }
             }
-            let polled = body.as_mut().poll_frame(cx);
-            match &polled {
+            match body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Some(splice) = splice.as_mut() else {
-                        return polled.map_err(Into::into);
+                        return Poll::Ready(Some(Ok(frame)));
                     };
-                    let draining = Shared::is_draining(shared.phase());
-                    if !draining {
+                    // The phase seen above, not a second load: a drain that
+                    // starts now sees this frame out untouched, its
+                    // boundary tracked, and splices at the next poll.
+                    if !Shared::is_draining(phase) {
                         // The hot path: nothing to cut, only the boundary to
                         // track, and the frame goes out untouched.
                         if let Some(data) = frame.data_ref() {
                             splice.boundary.advance(data);
                         }
-                        return polled.map_err(Into::into);
+                        return Poll::Ready(Some(Ok(frame)));
                     }
                     // Draining: take the frame out to cut it at a boundary.
-                    let Poll::Ready(Some(Ok(frame))) = polled else {
-                        continue; // matched just above: never taken
-                    };
                     match frame.into_data() {
                         Ok(data) => match splice.pass(data) {
                             Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -178,14 +178,21 @@ where
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     }
                 }
-                Poll::Ready(_) => {
-                    // The end, or an error: either way the response is over.
+                Poll::Ready(Some(Err(err))) => {
+                    // The response is over.
                     end(guard, wait);
-                    return polled.map_err(Into::into);
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(None) => {
+                    end(guard, wait);
+                    return Poll::Ready(None);
                 }
                 Poll::Pending => {
                     // Sleep until the inner body or the drain has news.
-                    if wait_phase(shared, wait, cx, phase).is_pending() {
+                    let Some(guard) = guard.as_ref() else {
+                        return Poll::Pending; // never: only an end drops it
+                    };
+                    if wait_phase(guard.shared(), wait, cx, phase).is_pending() {
                         return Poll::Pending;
                     }
                 }

@@ -196,11 +196,13 @@ pin_project! {
 /// phase or the registration hears the notification (modelled in
 /// `tests/loom.rs`).
 ///
-/// The hot path (a live stream goes pending after each event) takes no
-/// lock: polling a registered `Notified` locks the `Notify` that every
-/// stream of the handle shares, so a registration that already holds this
-/// task's waker, made at this phase, is not polled again: every notification
-/// follows a phase change, which the one load here sees first.
+/// The hot path (a live stream goes pending after each event) takes no lock
+/// and loads nothing: polling a registered `Notified` locks the `Notify` that
+/// every stream of the handle shares, so a registration that already holds
+/// this task's waker, made at the phase the caller saw, is not polled again.
+/// It is still in the `Notify`'s list (a notification takes it out and wakes
+/// the task), so any change since then wakes this task, and the caller sees
+/// it at the next poll.
 #[inline]
 pub(crate) fn wait_phase(
     shared: &Arc<Shared>,
@@ -215,12 +217,10 @@ pub(crate) fn wait_phase(
                 .as_ref()
                 .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            let now = shared.phase();
-            if now == seen {
-                return Poll::Pending;
-            }
-            *slot = None;
-            return Poll::Ready(now);
+            // Still registered since `seen`, with this task's waker: a change
+            // made since the caller's look at the phase wakes this task,
+            // whenever it comes. No second look needed.
+            return Poll::Pending;
         }
     }
     register(shared, slot, cx, seen)
