@@ -4,9 +4,10 @@
 //!   the id `0-*` numbers the entries 0-1, 0-2, ... (Redis 7.0), and the
 //!   number is the position.
 //! - The history after a position is `XRANGE live:hits (0-<n> + COUNT k`.
-//! - The one reader per instance waits with `XREAD BLOCK` on a connection
-//!   of its own (a blocking command would hold up everything else queued on
-//!   a shared one), then reads as above.
+//! - The one reader per instance reads as above and, when there is nothing
+//!   new, waits with `XREAD BLOCK` on a connection of its own (a blocking
+//!   command would hold up everything else queued on a shared one), then
+//!   reads again.
 //! - The epoch is the key `live:epoch`, set once with `SET live:epoch
 //!   <random> NX` (Centrifugo's approach): a Redis restarted empty, or
 //!   flushed, has none, so the next command sets a new one and every id of
@@ -208,11 +209,21 @@ impl Log for RedisLog {
 
     fn tail<'a>(
         &'a self,
-        _epoch: &'a str,
+        epoch: &'a str,
         after: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<Read, LogError>> {
         Box::pin(async move {
+            if let History::Age(age) = self.history {
+                self.trim_by_age(age).await?;
+            }
+            // What is there already, or a new epoch, at once: a Redis
+            // restarted empty numbers from 1 again, below `after`, so the
+            // wait below would not see its entries.
+            let read = self.read(after, Some(limit)).await?;
+            if !read.entries.is_empty() || *read.epoch != *epoch || read.trimmed {
+                return Ok(read);
+            }
             // A wake-up only: what is read is read again below, in one MULTI
             // with the epoch, so that the epoch said is the entries' own.
             let mut con = self.blocking.clone();
@@ -227,9 +238,6 @@ impl Log for RedisLog {
                 .query_async(&mut con)
                 .await
                 .map_err(unreachable)?;
-            if let History::Age(age) = self.history {
-                self.trim_by_age(age).await?;
-            }
             self.read(after, Some(limit)).await
         })
     }
