@@ -2,7 +2,7 @@
 
 use crate::{
     BoxError, DrainDeadline,
-    shared::{Guard, Shared, Waiter},
+    shared::{Guard, Shared, Waiter, wait_phase},
     sse::Boundary,
 };
 use bytes::Bytes;
@@ -184,17 +184,10 @@ where
                     return polled.map_err(Into::into);
                 }
                 Poll::Pending => {
-                    // Sleep until the inner body or the drain has news. A new
-                    // waiter hears only later changes: look at the phase again.
-                    let waiter = wait.get_or_insert_with(|| Box::pin(Waiter::new(shared)));
-                    if waiter.as_mut().poll_changed(cx, phase) {
-                        *wait = None;
-                        continue;
+                    // Sleep until the inner body or the drain has news.
+                    if wait_phase(shared, wait, cx, phase).is_pending() {
+                        return Poll::Pending;
                     }
-                    if shared.phase() != phase {
-                        continue;
-                    }
-                    return Poll::Pending;
                 }
             }
         }
@@ -245,7 +238,7 @@ impl Splice {
     /// Out of line, as is [`notice`](Self::notice): they run only while
     /// draining, and inlined they would make the hot path's code bigger.
     #[inline(never)]
-    fn schedule(&mut self, guard: &Guard, phase: usize, cx: &mut Context<'_>) {
+    fn schedule(&mut self, guard: &Guard, phase: u64, cx: &mut Context<'_>) {
         if let Progress::Before = self.progress {
             self.progress = match guard.shared().notice_due(guard.priority()) {
                 Some(at) => Progress::Waiting(Box::pin(tokio::time::sleep_until(at))),

@@ -1,6 +1,6 @@
 //! The drain: the future of its report, and the task that runs it.
 
-use crate::{DrainReport, metrics, schedule::Plan, shared::Shared};
+use crate::{DrainReport, config::after, metrics, schedule::Plan, shared::Shared, state::AtStart};
 use std::{
     fmt,
     future::Future,
@@ -11,16 +11,23 @@ use std::{
 };
 use tokio::{sync::futures::OwnedNotified, time::Instant};
 
-/// The future returned by [`DrainHandle::drain`](crate::DrainHandle::drain):
-/// resolves to the drain's report when every response has ended or the grace
-/// period has run out.
+/// A drain's report, to come: returned by
+/// [`DrainHandle::drain`](crate::DrainHandle::drain), which starts the drain,
+/// and by [`DrainHandle::drained`](crate::DrainHandle::drained), which only
+/// waits for one.
+///
+/// Resolves to the report once every response has ended or the grace period
+/// has run out; completes immediately if the drain is already over, and
+/// waits for as long as no drain is started.
+///
+/// One type for both: what they wait for is the same report, and the
+/// [deadline](Self::deadline) is known to both once the drain has started.
 ///
 /// # Cancel safety
 ///
-/// Dropping it does not stop the drain; a new call to
-/// [`DrainHandle::drain`](crate::DrainHandle::drain) or
-/// [`DrainHandle::drained`](crate::DrainHandle::drained) returns a future of
-/// the same report.
+/// Dropping it does not stop the drain, and it holds no place in any queue
+/// that matters: it can be used in `tokio::select!` and made again; a new
+/// call returns a future of the same report.
 #[must_use = "the drain runs anyway; await this to get its report"]
 pub struct Drain {
     report: ReportWait,
@@ -33,21 +40,19 @@ impl Drain {
         }
     }
 
-    /// The drain's deadline: the end of the grace period plus the
-    /// [linger](crate::Config::linger). At this instant the layer's bodies
-    /// have long ended, and connections that still carry a response are
-    /// closed by [`GracefulIo`](crate::GracefulIo), the axum listener and the
-    /// hyper-util watcher.
+    /// The drain's deadline, once it has started (`None` before): the end of
+    /// the grace period plus the [linger](crate::Config::linger), saturated
+    /// (an instant too far to represent is about thirty years away). At this
+    /// instant the layer's bodies have long ended, and connections that still
+    /// carry a response are closed by [`GracefulIo`](crate::GracefulIo), the
+    /// axum listener and the hyper-util watcher.
     ///
     /// With any other server, bound each connection by it, for example with
-    /// `tokio::time::timeout_at(drain.deadline(), connection)`: a client that
-    /// stops reading then cannot keep the process alive.
+    /// `tokio::time::timeout_at(deadline, connection)`: a client that stops
+    /// reading then cannot keep the process alive.
     #[must_use]
-    pub fn deadline(&self) -> Instant {
-        self.report
-            .shared
-            .deadline()
-            .expect("a Drain exists only once its drain has started")
+    pub fn deadline(&self) -> Option<Instant> {
+        self.report.shared.deadline()
     }
 }
 
@@ -62,47 +67,7 @@ impl Future for Drain {
 impl fmt::Debug for Drain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Drain")
-            .field("deadline", &self.report.shared.deadline())
-            .field("report", &self.report.shared.report.get())
-            .finish()
-    }
-}
-
-/// The future returned by
-/// [`DrainHandle::drained`](crate::DrainHandle::drained): resolves to the
-/// report of the drain once it has finished, without starting one.
-///
-/// Completes immediately if the drain is already over; waits for as long as no
-/// drain is started.
-///
-/// # Cancel safety
-///
-/// Dropping it has no effect on the drain; it holds no place in any queue
-/// that matters, so it can be used in `tokio::select!` and created again.
-#[must_use = "futures do nothing unless polled"]
-pub struct Drained {
-    report: ReportWait,
-}
-
-impl Drained {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            report: ReportWait::new(shared),
-        }
-    }
-}
-
-impl Future for Drained {
-    type Output = DrainReport;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
-        self.report.poll(cx)
-    }
-}
-
-impl fmt::Debug for Drained {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Drained")
+            .field("deadline", &self.deadline())
             .field("report", &self.report.shared.report.get())
             .finish()
     }
@@ -163,26 +128,32 @@ impl Shared {
             )
         });
         let started = plan.started;
-        let Some(in_flight) = self.state.start_drain() else {
+        let Some(at_start) = self.state.start_drain() else {
             return; // started by an earlier call
         };
-        let sse = self.sse.load(Ordering::Acquire);
         self.changed.notify_waiters();
-        runtime.spawn(self.clone().run_drain(started, in_flight, sse));
+        runtime.spawn(self.clone().run_drain(started, at_start));
     }
 
-    async fn run_drain(self: Arc<Self>, started: Instant, in_flight: usize, sse_streams: usize) {
+    async fn run_drain(self: Arc<Self>, started: Instant, at_start: AtStart) {
         let grace = self.config.grace_period;
+        let AtStart {
+            in_flight,
+            sse_streams,
+        } = at_start;
         tracing::info!(
             in_flight,
             grace_period_secs = grace.as_secs_f64(),
             "SSE drain started: new requests are rejected"
         );
-        tracing::info!("Active SSE connections: {sse_streams}");
-        tracing::info!("Notifying {sse_streams} active connections of shutdown");
+        tracing::info!(
+            "Notifying {sse_streams} open SSE streams of shutdown \
+             ({} more responses in flight: streams among them are notified when their handler resolves)",
+            in_flight - sse_streams,
+        );
         metrics::drain_duration(0.0);
 
-        let deadline = tokio::time::sleep_until(started + grace);
+        let deadline = tokio::time::sleep_until(after(started, grace));
         tokio::pin!(deadline);
         let mut ticks =
             tokio::time::interval_at(started + Duration::from_millis(500), Duration::from_secs(1));
@@ -207,10 +178,13 @@ impl Shared {
                 }
             }
         };
+        // The notices first, then the late streams: a stream is marked before
+        // its notice goes out, so every notice counted here has its stream
+        // counted below, and `notified <= sse_streams <= in_flight`.
         let notices = self.log.snapshot();
         let report = DrainReport {
             in_flight,
-            sse_streams,
+            sse_streams: sse_streams + self.state.late_sse(),
             notified: notices.by_priority.iter().sum(),
             notified_by_priority: notices.by_priority,
             first_notice: notices
@@ -226,6 +200,7 @@ impl Shared {
         };
         tracing::info!(
             notified = report.notified,
+            sse_streams = report.sse_streams,
             closed = report.closed,
             force_closed = report.force_closed,
             rejected = report.rejected,
@@ -236,20 +211,23 @@ impl Shared {
         let _ = self.report.set(report);
         self.report_ready.notify_waiters();
 
-        // Connections still open at the deadline hold a client that does not
-        // read (or a response outside the layer): close them, so that no
-        // client can keep the server alive. Without any, there is nothing to
-        // wait for; and the wait keeps nothing alive for whoever dropped the
-        // handle.
-        if self.connections.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        let deadline = started + grace + self.config.linger;
+        // At the deadline, close every connection still wrapped (wrapped
+        // before the report or after it: an accept loop goes on, a second
+        // server may share the handle): they hold a client that does not read
+        // or a response outside the layer, and no client may keep the server
+        // alive. A connection wrapped after the cut is cut at its first IO
+        // call. The wait holds only a `Weak`, and ends when the state is
+        // dropped: it keeps nothing alive for whoever dropped the handle.
+        let deadline = self.deadline().expect("the plan is set");
+        let gone = self.gone.clone();
         let shared = Arc::downgrade(&self);
         drop(self);
-        tokio::time::sleep_until(deadline).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            () = gone.notified() => return,
+        }
         if let Some(shared) = shared.upgrade() {
-            shared.cut.store(true, Ordering::Release);
+            shared.state.cut();
             shared.changed.notify_waiters();
             tracing::debug!("drain deadline: closing the connections that are still open");
         }

@@ -2,12 +2,13 @@
 
 use crate::{
     DrainDeadline, DrainHandle,
-    shared::{Connection, Shared, Waiter},
+    shared::{Shared, Waiter, wait_phase},
 };
 use pin_project_lite::pin_project;
 use std::{
     fmt, io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,7 +28,7 @@ pin_project! {
     /// connection and the socket is closed.
     ///
     /// Before the deadline it passes every call through, with one atomic load
-    /// more. With axum, [`DrainHandle::listener`] wraps every accepted
+    /// more. A connection wrapped after the deadline fails at its first call. With axum, [`DrainHandle::listener`] wraps every accepted
     /// connection in it; with hyper, wrap the IO before `serve_connection`.
     ///
     /// ```
@@ -49,7 +50,7 @@ pin_project! {
     pub struct GracefulIo<I> {
         #[pin]
         io: I,
-        conn: Connection,
+        shared: Arc<Shared>,
         // Registrations for the deadline, one per direction: reads and
         // writes may be polled by different tasks.
         read: Option<Pin<Box<Waiter>>>,
@@ -62,7 +63,7 @@ impl<I> GracefulIo<I> {
     pub fn new(io: I, handle: &DrainHandle) -> Self {
         Self {
             io,
-            conn: Connection::new(handle.shared().clone()),
+            shared: handle.shared().clone(),
             read: None,
             write: None,
         }
@@ -92,30 +93,22 @@ fn cut() -> io::Error {
 /// Runs one IO call unless the deadline has passed; if it is pending, makes
 /// sure the deadline wakes the task.
 fn guarded<T>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     wait: &mut Option<Pin<Box<Waiter>>>,
     cx: &mut Context<'_>,
     mut call: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
 ) -> Poll<io::Result<T>> {
     loop {
-        if shared.is_cut() {
+        let phase = shared.phase();
+        if Shared::is_cut(phase) {
             *wait = None;
             return Poll::Ready(Err(cut()));
         }
-        let phase = shared.phase();
         let polled = call(cx);
-        if polled.is_ready() {
+        if polled.is_ready() || wait_phase(shared, wait, cx, phase).is_pending() {
             return polled;
         }
-        let waiter = wait.get_or_insert_with(|| Box::pin(Waiter::new(shared)));
-        if waiter.as_mut().poll_changed(cx, phase) {
-            *wait = None;
-            continue; // a phase change or the cut: look again
-        }
-        if shared.phase() != phase {
-            continue;
-        }
-        return Poll::Pending;
+        // A phase change: look again.
     }
 }
 
@@ -126,7 +119,7 @@ impl<I: AsyncRead> AsyncRead for GracefulIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(&this.conn.shared, this.read, cx, |cx| {
+        guarded(this.shared, this.read, cx, |cx| {
             this.io.as_mut().poll_read(cx, buf)
         })
     }
@@ -139,7 +132,7 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        guarded(&this.conn.shared, this.write, cx, |cx| {
+        guarded(this.shared, this.write, cx, |cx| {
             this.io.as_mut().poll_write(cx, buf)
         })
     }
@@ -150,7 +143,7 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        guarded(&this.conn.shared, this.write, cx, |cx| {
+        guarded(this.shared, this.write, cx, |cx| {
             this.io.as_mut().poll_write_vectored(cx, bufs)
         })
     }
@@ -161,14 +154,14 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(&this.conn.shared, this.write, cx, |cx| {
+        guarded(this.shared, this.write, cx, |cx| {
             this.io.as_mut().poll_flush(cx)
         })
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(&this.conn.shared, this.write, cx, |cx| {
+        guarded(this.shared, this.write, cx, |cx| {
             this.io.as_mut().poll_shutdown(cx)
         })
     }
@@ -178,7 +171,7 @@ impl<I: fmt::Debug> fmt::Debug for GracefulIo<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GracefulIo")
             .field("io", &self.io)
-            .field("cut", &self.conn.shared.is_cut())
+            .field("cut", &Shared::is_cut(self.shared.phase()))
             .finish()
     }
 }

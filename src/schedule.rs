@@ -61,7 +61,7 @@ impl Plan {
             return self.base;
         }
         let extra = below(self.hash(draw, index), self.jitter_ms + 1);
-        self.base + Duration::from_millis(extra)
+        self.base.saturating_add(Duration::from_millis(extra))
     }
 
     /// The shutdown frame of draw `index`: the one shared frame without
@@ -88,7 +88,7 @@ impl Plan {
         }
         // 53 random bits: a fraction in [0, 1).
         let fraction = (self.hash(Draw::Slot, index) >> 11) as f64 / (1u64 << 53) as f64;
-        Some(start + width.mul_f64(fraction))
+        Some(start.saturating_add(part(width, fraction)))
     }
 
     fn hash(&self, draw: Draw, index: usize) -> u64 {
@@ -108,12 +108,18 @@ fn bands(window: Duration, open: [usize; 3]) -> [(Duration, Duration); 3] {
     let mut bands = [(Duration::ZERO, Duration::ZERO); 3];
     let mut before = 0;
     for (band, weight) in bands.iter_mut().zip(weights) {
-        let start = window.mul_f64(before as f64 / total);
+        let start = part(window, before as f64 / total);
         before += weight;
-        let end = window.mul_f64(before as f64 / total);
-        *band = (start, end - start);
+        let end = part(window, before as f64 / total);
+        *band = (start, end.saturating_sub(start));
     }
     bands
+}
+
+/// `fraction` (in `0..=1`) of `d`, never more than `d`: `Duration::mul_f64`
+/// panics where rounding takes `Duration::MAX` past itself.
+fn part(d: Duration, fraction: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * fraction).map_or(d, |p| p.min(d))
 }
 
 /// A value in `0..n`, from 64 random bits (Lemire's multiply-shift).

@@ -1,14 +1,17 @@
 //! The service: admits or rejects each request.
 
 use crate::{
-    DrainHandle, DrainPriority, GracefulBody, GracefulSseLayer, ResponseFuture, schedule::Draw,
-    shared::Shared, sse::accepts_event_stream,
+    DrainHandle, DrainPriority, GracefulBody, GracefulSseLayer, ResponseFuture,
+    schedule::Draw,
+    shared::{Shared, Waiter, wait_phase},
+    sse::accepts_event_stream,
 };
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::Body;
 use std::{
     fmt,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -17,10 +20,23 @@ use tower_service::Service;
 /// Middleware that counts every response body and drains them on demand.
 ///
 /// Made by [`GracefulSseLayer`]; see the [crate docs](crate) for the behaviour.
-#[derive(Clone)]
+///
+/// While draining, `poll_ready` is ready at once without asking the inner
+/// service (which may be saturated: a `ConcurrencyLimit` whose permits slow
+/// handlers hold), and `call` answers with the rejection without touching
+/// it. A request already waiting in the inner `poll_ready` when the drain
+/// starts is woken and rejected too.
 pub struct GracefulSse<S> {
     inner: S,
     shared: Arc<Shared>,
+    // Wakes a `poll_ready` pending in the inner service when the drain starts.
+    wait: Option<Pin<Box<Waiter>>>,
+}
+
+impl<S: Clone> Clone for GracefulSse<S> {
+    fn clone(&self) -> Self {
+        Self::from_shared(self.inner.clone(), self.shared.clone())
+    }
 }
 
 impl<S> GracefulSse<S> {
@@ -30,7 +46,11 @@ impl<S> GracefulSse<S> {
     }
 
     pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+        Self {
+            inner,
+            shared,
+            wait: None,
+        }
     }
 
     /// A [`GracefulSseLayer`] tied to `handle`.
@@ -64,7 +84,23 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        loop {
+            // `DRAINING` never goes away: `call` then rejects without the
+            // inner service, so there is nothing to wait for.
+            let phase = self.shared.phase();
+            if Shared::is_draining(phase) {
+                self.wait = None;
+                return Poll::Ready(Ok(()));
+            }
+            let ready = self.inner.poll_ready(cx);
+            if ready.is_ready() {
+                self.wait = None;
+                return ready;
+            }
+            if wait_phase(&self.shared, &mut self.wait, cx, phase).is_pending() {
+                return Poll::Pending;
+            }
+        }
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {

@@ -2,9 +2,11 @@
 //! guard that counts one response.
 
 use crate::{
-    Config, DrainPriority, DrainReport, metrics,
+    Config, DrainPriority, DrainReport,
+    config::after,
+    metrics,
     schedule::{Draw, Plan},
-    state::{DRAINING, FORCED, NoticeLog, State},
+    state::{CUT, DRAINING, FORCED, NoticeLog, State},
 };
 use bytes::Bytes;
 use pin_project_lite::pin_project;
@@ -13,9 +15,9 @@ use std::{
     pin::Pin,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Waker},
+    task::{Context, Poll, Waker},
 };
 use tokio::{
     sync::{Notify, futures::OwnedNotified},
@@ -24,12 +26,12 @@ use tokio::{
 
 /// The state behind a handle, shared by its clones, layers and bodies.
 pub(crate) struct Shared {
-    /// The in-flight count and the phase, in one word.
+    /// The phase, the in-flight count and the SSE count, in one word, and
+    /// the streams marked after the drain started.
     pub(crate) state: State,
-    pub(crate) sse: AtomicUsize,
     /// Open SSE streams of a priority other than `Normal`, by priority
-    /// (`Normal`'s entry stays 0: its count is the rest of `sse`), so that a
-    /// stream with no priority set pays nothing for them.
+    /// (`Normal`'s entry stays 0: its count is the rest of the SSE count), so
+    /// that a stream with no priority set pays nothing for them.
     pub(crate) prioritised: [AtomicUsize; 3],
     pub(crate) rejected: AtomicUsize,
     /// Notices handed out: each takes its index from here.
@@ -39,18 +41,15 @@ pub(crate) struct Shared {
     /// Notices sent, by priority, and when.
     pub(crate) log: NoticeLog,
     pub(crate) force_closed_total: AtomicU64,
-    /// Set at the end of the linger after the grace period: connections that
-    /// still carry a response are closed.
-    pub(crate) cut: AtomicBool,
-    /// Connections wrapped by `GracefulIo` or `Watched` and not yet dropped:
-    /// without any, nothing waits for the cut.
-    pub(crate) connections: AtomicUsize,
-    /// Fired on each phase change and at the cut; bodies and connections wait
-    /// on it while they are pending.
+    /// Fired after each phase change; bodies, connections and services wait
+    /// on it while they are pending (see [`wait_phase`]).
     pub(crate) changed: Arc<Notify>,
     /// Fired when the last in-flight response ends during a drain.
     pub(crate) all_closed: Notify,
     pub(crate) report_ready: Arc<Notify>,
+    /// Fired when this state is dropped: the drain task, waiting for the
+    /// deadline with only a `Weak`, then stops waiting.
+    pub(crate) gone: Arc<Notify>,
     /// Set once, before `DRAINING`, by the first `drain()`: the frame and
     /// the schedule of notices.
     pub(crate) plan: OnceLock<Plan>,
@@ -58,42 +57,52 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // A permit: heard even if the task has not polled yet.
+        self.gone.notify_one();
+    }
+}
+
 impl Shared {
     pub(crate) fn new(config: Config) -> Self {
         Self {
             state: State::new(),
-            sse: AtomicUsize::new(0),
             prioritised: [const { AtomicUsize::new(0) }; 3],
             rejected: AtomicUsize::new(0),
             notified: AtomicUsize::new(0),
             drawn: AtomicUsize::new(0),
             log: NoticeLog::new(),
             force_closed_total: AtomicU64::new(0),
-            cut: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
             changed: Arc::new(Notify::new()),
             all_closed: Notify::new(),
             report_ready: Arc::new(Notify::new()),
+            gone: Arc::new(Notify::new()),
             plan: OnceLock::new(),
             report: OnceLock::new(),
             config,
         }
     }
 
-    /// `DRAINING | FORCED` bits.
+    /// `DRAINING | FORCED | CUT` bits.
     #[inline]
-    pub(crate) fn phase(&self) -> usize {
+    pub(crate) fn phase(&self) -> u64 {
         self.state.phase()
     }
 
     #[inline]
-    pub(crate) fn is_draining(phase: usize) -> bool {
+    pub(crate) fn is_draining(phase: u64) -> bool {
         phase & DRAINING != 0
     }
 
     #[inline]
-    pub(crate) fn is_forced(phase: usize) -> bool {
+    pub(crate) fn is_forced(phase: u64) -> bool {
         phase & FORCED != 0
+    }
+
+    #[inline]
+    pub(crate) fn is_cut(phase: u64) -> bool {
+        phase & CUT != 0
     }
 
     /// Counts a request in, or refuses it because the drain has started,
@@ -118,18 +127,15 @@ impl Shared {
         self.plan.get().expect("the plan is set before DRAINING")
     }
 
-    /// True once connections that still carry a response are to be closed.
-    #[inline]
-    pub(crate) fn is_cut(&self) -> bool {
-        self.cut.load(Ordering::Acquire)
-    }
-
     /// The instant connections are cut: the end of the grace period plus the
-    /// linger. Present once the drain has started.
+    /// linger, saturated. Present once the drain has started.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let config = &self.config;
         let started = self.plan.get()?.started;
-        Some(started + config.grace_period + config.linger)
+        Some(after(
+            started,
+            config.grace_period.saturating_add(config.linger),
+        ))
     }
 
     /// Open SSE streams of each priority, lowest first.
@@ -138,7 +144,7 @@ impl Shared {
             .prioritised
             .each_ref()
             .map(|n| n.load(Ordering::Acquire));
-        let all = self.sse.load(Ordering::Acquire);
+        let all = self.state.sse();
         [low, all.saturating_sub(low + high), high]
     }
 
@@ -150,7 +156,7 @@ impl Shared {
         }
         let plan = self.plan();
         let index = self.drawn.fetch_add(1, Ordering::Relaxed);
-        let at = plan.started + plan.slot(priority, index)?;
+        let at = after(plan.started, plan.slot(priority, index)?);
         (at > Instant::now()).then_some(at)
     }
 
@@ -165,62 +171,94 @@ impl Shared {
 }
 
 pin_project! {
-    /// A registration for the next phase change, and the waker it holds.
+    /// A registration for the next phase change: the `Notified` of the
+    /// handle's `changed`, the phase it was made at, and the waker it was
+    /// last polled with.
     pub(crate) struct Waiter {
         #[pin]
         notified: OwnedNotified,
-        // The waker `notified` was last polled with, once it returned
-        // `Pending` before the drain.
+        seen: u64,
         waker: Option<Waker>,
     }
 }
 
-impl Waiter {
-    pub(crate) fn new(shared: &Shared) -> Self {
-        Self {
-            notified: shared.changed.clone().notified_owned(),
-            waker: None,
+/// Waits until the phase differs from `seen`, the phase the caller looked at
+/// before the poll that went pending: `Ready` with the phase now, or
+/// `Pending` with the task registered for the next change. The one wait of
+/// the body, [`GracefulIo`](crate::GracefulIo), [`Watched`](crate::Watched)
+/// and the service's `poll_ready`.
+///
+/// No change is ever missed: the registration (`Notified`) is made *before*
+/// the phase is looked at again, and tokio guarantees that a `Notified`
+/// hears every `notify_waiters` made after it was created, even before it is
+/// polled (`Notified::enable` is for `notify_one` only). Every phase change
+/// is stored before its `notify_waiters`, so either the look sees the new
+/// phase or the registration hears the notification (modelled in
+/// `tests/loom.rs`).
+///
+/// The hot path (a live stream goes pending after each event) takes no
+/// lock: polling a registered `Notified` locks the `Notify` that every
+/// stream of the handle shares, so a registration that already holds this
+/// task's waker, made at this phase, is not polled again: every notification
+/// follows a phase change, which the one load here sees first.
+#[inline]
+pub(crate) fn wait_phase(
+    shared: &Arc<Shared>,
+    slot: &mut Option<Pin<Box<Waiter>>>,
+    cx: &mut Context<'_>,
+    seen: u64,
+) -> Poll<u64> {
+    if let Some(waiter) = slot.as_ref() {
+        if waiter.seen == seen
+            && waiter
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let now = shared.phase();
+            if now == seen {
+                return Poll::Pending;
+            }
+            *slot = None;
+            return Poll::Ready(now);
         }
     }
+    register(shared, slot, cx, seen)
+}
 
-    /// True once the next phase change may be due: polls the registration,
-    /// unless it already holds a waker for this task and no drain has started.
-    ///
-    /// Polling a registered `Notified` takes the lock of the `Notify` that
-    /// every stream of the handle shares, and a live stream goes pending after
-    /// each event: skipping it keeps that lock off the hot path. Before the
-    /// drain the only notification to come is the one that starts it, which
-    /// changes the phase first: the next poll then sees `DRAINING` and polls
-    /// the registration again, so no notification is lost.
-    pub(crate) fn poll_changed(self: Pin<&mut Self>, cx: &mut Context<'_>, phase: usize) -> bool {
-        let this = self.project();
-        let draining = Shared::is_draining(phase);
-        if !draining && this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            return false;
+/// [`wait_phase`] the long way: a new registration, or a new waker.
+#[inline(never)]
+fn register(
+    shared: &Arc<Shared>,
+    slot: &mut Option<Pin<Box<Waiter>>>,
+    cx: &mut Context<'_>,
+    seen: u64,
+) -> Poll<u64> {
+    loop {
+        if slot.as_ref().is_some_and(|w| w.seen != seen) {
+            *slot = None;
         }
+        // First the registration, then the look: see `wait_phase`.
+        let waiter = slot.get_or_insert_with(|| {
+            Box::pin(Waiter {
+                notified: shared.changed.clone().notified_owned(),
+                seen,
+                waker: None,
+            })
+        });
+        let now = shared.phase();
+        if now != seen {
+            *slot = None;
+            return Poll::Ready(now);
+        }
+        let this = waiter.as_mut().project();
         if this.notified.poll(cx).is_ready() {
-            return true;
+            // Notified: the phase has changed (or is about to be seen to).
+            *slot = None;
+            continue;
         }
-        *this.waker = (!draining).then(|| cx.waker().clone());
-        false
-    }
-}
-
-/// One connection that the cut closes: counted while it lives.
-pub(crate) struct Connection {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        shared.connections.fetch_add(1, Ordering::Relaxed);
-        Self { shared }
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        *this.waker = Some(cx.waker().clone());
+        return Poll::Pending;
     }
 }
 
@@ -248,9 +286,13 @@ impl Guard {
         if !self.sse {
             self.sse = true;
             self.priority = priority.unwrap_or(self.priority);
-            self.shared.sse.fetch_add(1, Ordering::AcqRel);
             if self.priority != DrainPriority::Normal {
                 self.shared.prioritised[self.priority.index()].fetch_add(1, Ordering::AcqRel);
+            }
+            if self.shared.state.mark_sse() {
+                // Admitted before the drain, resolved after it: notified as
+                // it comes, and counted in the report's `sse_streams`.
+                tracing::debug!("notifying an SSE stream whose handler resolved during the drain");
             }
             metrics::sse_streams(1.0);
         }
@@ -263,10 +305,9 @@ impl Drop for Guard {
             if self.priority != DrainPriority::Normal {
                 self.shared.prioritised[self.priority.index()].fetch_sub(1, Ordering::AcqRel);
             }
-            self.shared.sse.fetch_sub(1, Ordering::AcqRel);
             metrics::sse_streams(-1.0);
         }
-        if self.shared.state.release() {
+        if self.shared.state.release(self.sse) {
             self.shared.all_closed.notify_one();
         }
     }

@@ -1,8 +1,24 @@
 //! The counting and phase state behind a handle, apart from everything async,
 //! so that `loom` can check every interleaving of it (see `tests/loom.rs`).
 //!
-//! One word holds `count << 2 | FORCED | DRAINING`: admitting a request and
-//! starting the drain touch the same word, so one of them comes first.
+//! One 64-bit word holds the phase, the open SSE streams and the admitted
+//! requests:
+//!
+//! ```text
+//!  63            34 33             4 3    2      1        0
+//! | in flight (30) | SSE streams (30) | -- | CUT | FORCED | DRAINING |
+//! ```
+//!
+//! Admitting a request and starting the drain touch the same word, so one of
+//! them comes first; marking a response as an event stream returns the word
+//! before it, so a stream marked after the drain started is told apart from
+//! one that was open at its start; and a phase change and a waiter's look at
+//! the phase are one load apart (see `shared::wait_phase`).
+//!
+//! Limits: at most [`MAX_IN_FLIGHT`] requests in flight per handle (about a
+//! billion: far beyond what fits in memory, each holds a body); admitting one
+//! more panics with a message instead of wrapping. An SSE stream is always an
+//! in-flight request, so the SSE count cannot overflow either.
 #![cfg_attr(not(loom), allow(unreachable_pub))]
 
 #[cfg(loom)]
@@ -11,15 +27,55 @@ use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The drain has started: requests are rejected.
-pub const DRAINING: usize = 0b01;
+pub const DRAINING: u64 = 0b001;
 /// The grace period has run out: open bodies end at their next poll.
-pub const FORCED: usize = 0b10;
-const ONE: usize = 0b100;
+pub const FORCED: u64 = 0b010;
+/// The deadline (grace period plus linger) has passed: wrapped connections
+/// are closed at their next IO call.
+pub const CUT: u64 = 0b100;
+/// Every phase bit.
+pub const PHASE: u64 = DRAINING | FORCED | CUT;
 
-/// The in-flight count and the phase of one handle.
+const SSE_SHIFT: u32 = 4;
+const COUNT_SHIFT: u32 = 34;
+/// One open SSE stream.
+const ONE_SSE: u64 = 1 << SSE_SHIFT;
+/// One admitted request.
+const ONE: u64 = 1 << COUNT_SHIFT;
+const SSE_MASK: u64 = ((1 << 30) - 1) << SSE_SHIFT;
+
+/// The most requests one handle counts in flight at once.
+pub const MAX_IN_FLIGHT: usize = (1 << 30) - 1;
+
+/// The in-flight count of a word.
+#[inline]
+fn count(word: u64) -> usize {
+    (word >> COUNT_SHIFT) as usize
+}
+
+/// The SSE count of a word.
+#[inline]
+fn sse(word: u64) -> usize {
+    ((word & SSE_MASK) >> SSE_SHIFT) as usize
+}
+
+/// What the word held when the drain started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AtStart {
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Of those, open SSE streams.
+    pub sse_streams: usize,
+}
+
+/// The in-flight count, the SSE count and the phase of one handle.
 #[derive(Debug)]
 pub struct State {
-    word: AtomicUsize,
+    word: AtomicU64,
+    /// SSE streams marked after the drain started (responses admitted before
+    /// it that resolved after): with the open streams at its start, every
+    /// stream the drain has to notify.
+    late_sse: AtomicUsize,
 }
 
 impl Default for State {
@@ -32,30 +88,49 @@ impl State {
     /// No request counted, no drain.
     pub fn new() -> Self {
         Self {
-            word: AtomicUsize::new(0),
+            word: AtomicU64::new(0),
+            late_sse: AtomicUsize::new(0),
         }
     }
 
-    /// The `DRAINING | FORCED` bits.
+    /// The `DRAINING | FORCED | CUT` bits.
     #[inline]
-    pub fn phase(&self) -> usize {
-        self.word.load(Ordering::Acquire) & (DRAINING | FORCED)
+    pub fn phase(&self) -> u64 {
+        self.word.load(Ordering::Acquire) & PHASE
     }
 
     /// The number of admitted requests not yet released.
     pub fn count(&self) -> usize {
-        self.word.load(Ordering::Acquire) / ONE
+        count(self.word.load(Ordering::Acquire))
+    }
+
+    /// The number of open SSE streams.
+    pub fn sse(&self) -> usize {
+        sse(self.word.load(Ordering::Acquire))
+    }
+
+    /// SSE streams marked since the drain started.
+    pub fn late_sse(&self) -> usize {
+        self.late_sse.load(Ordering::Acquire)
     }
 
     /// Counts a request in, or refuses it (`false`) because the drain has
     /// started. Either the request is counted before the drain starts, and the
     /// drain waits for its [`release`](Self::release), or it is refused.
+    ///
+    /// # Panics
+    ///
+    /// With [`MAX_IN_FLIGHT`] requests already in flight.
     pub fn admit(&self) -> bool {
         let mut word = self.word.load(Ordering::Acquire);
         loop {
             if word & DRAINING != 0 {
                 return false;
             }
+            assert!(
+                count(word) < MAX_IN_FLIGHT,
+                "tower-graceful-sse: more than {MAX_IN_FLIGHT} responses in flight on one handle"
+            );
             // Never counts a request it then refuses: a count that is only
             // undone later would be seen by the drain as in flight.
             match self
@@ -68,25 +143,46 @@ impl State {
         }
     }
 
-    /// Releases one admitted request. True if it was the last one while
-    /// draining: the drain is waiting for exactly this.
-    pub fn release(&self) -> bool {
-        let prev = self.word.fetch_sub(ONE, Ordering::AcqRel);
-        debug_assert!(prev >= ONE, "released more requests than admitted");
-        prev & DRAINING != 0 && prev / ONE == 1
+    /// Marks an admitted request as an open SSE stream. True if the drain had
+    /// already started: a late stream, counted as such.
+    pub fn mark_sse(&self) -> bool {
+        let prev = self.word.fetch_add(ONE_SSE, Ordering::AcqRel);
+        debug_assert!(sse(prev) < count(prev), "an SSE stream not admitted");
+        let late = prev & DRAINING != 0;
+        if late {
+            self.late_sse.fetch_add(1, Ordering::AcqRel);
+        }
+        late
     }
 
-    /// Starts the drain. `Some(count)` for the one call that started it, with
-    /// the number of requests in flight at that moment; `None` for every
-    /// later call.
-    pub fn start_drain(&self) -> Option<usize> {
+    /// Releases one admitted request (and its SSE stream, if `sse`). True if
+    /// it was the last one while draining: the drain is waiting for exactly
+    /// this.
+    pub fn release(&self, sse: bool) -> bool {
+        let one = if sse { ONE + ONE_SSE } else { ONE };
+        let prev = self.word.fetch_sub(one, Ordering::AcqRel);
+        debug_assert!(count(prev) >= 1, "released more requests than admitted");
+        prev & DRAINING != 0 && count(prev) == 1
+    }
+
+    /// Starts the drain. `Some` for the one call that started it, with what
+    /// was in flight at that moment; `None` for every later call.
+    pub fn start_drain(&self) -> Option<AtStart> {
         let prev = self.word.fetch_or(DRAINING, Ordering::AcqRel);
-        (prev & DRAINING == 0).then_some(prev / ONE)
+        (prev & DRAINING == 0).then_some(AtStart {
+            in_flight: count(prev),
+            sse_streams: sse(prev),
+        })
     }
 
     /// Ends the grace period; returns the number of requests still open.
     pub fn force_close(&self) -> usize {
-        self.word.fetch_or(FORCED, Ordering::AcqRel) / ONE
+        count(self.word.fetch_or(FORCED, Ordering::AcqRel))
+    }
+
+    /// Passes the deadline: wrapped connections are to be closed.
+    pub fn cut(&self) {
+        self.word.fetch_or(CUT, Ordering::AcqRel);
     }
 }
 

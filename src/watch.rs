@@ -1,7 +1,7 @@
 //! The hyper-util integration: a connection that shuts down gracefully when
 //! the drain starts and is dropped at its deadline.
 
-use crate::shared::{Connection, Shared, Waiter};
+use crate::shared::{Shared, Waiter, wait_phase};
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
 use std::{
@@ -27,7 +27,7 @@ pin_project! {
     pub struct Watched<C> {
         #[pin]
         conn: Option<C>,
-        guard: Connection,
+        shared: Arc<Shared>,
         shutting_down: bool,
         wait: Option<Pin<Box<Waiter>>>,
     }
@@ -37,7 +37,7 @@ impl<C> Watched<C> {
     pub(crate) fn new(conn: C, shared: Arc<Shared>) -> Self {
         Self {
             conn: Some(conn),
-            guard: Connection::new(shared),
+            shared,
             shutting_down: false,
             wait: None,
         }
@@ -49,7 +49,7 @@ impl<C: GracefulConnection> Future for Watched<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
-        let shared = &this.guard.shared;
+        let shared = &*this.shared;
         loop {
             let Some(mut conn) = this.conn.as_mut().as_pin_mut() else {
                 return Poll::Ready(Ok(())); // dropped at the deadline
@@ -59,7 +59,7 @@ impl<C: GracefulConnection> Future for Watched<C> {
                 *this.shutting_down = true;
                 conn.as_mut().graceful_shutdown();
             }
-            if shared.is_cut() {
+            if Shared::is_cut(phase) {
                 tracing::debug!("dropping a connection still open at the drain deadline");
                 this.conn.set(None);
                 *this.wait = None;
@@ -68,17 +68,9 @@ impl<C: GracefulConnection> Future for Watched<C> {
             if let Poll::Ready(done) = conn.poll(cx) {
                 return Poll::Ready(done);
             }
-            let waiter = this
-                .wait
-                .get_or_insert_with(|| Box::pin(Waiter::new(shared)));
-            if waiter.as_mut().poll_changed(cx, phase) {
-                *this.wait = None;
-                continue;
+            if wait_phase(shared, this.wait, cx, phase).is_pending() {
+                return Poll::Pending;
             }
-            if shared.phase() != phase {
-                continue;
-            }
-            return Poll::Pending;
         }
     }
 }

@@ -218,10 +218,112 @@ async fn no_request_reaches_the_service_once_the_drain_is_visible() {
         assert_eq!(admitted, served.load(SeqCst), "round {round}");
         assert!(rejected >= TASKS * 3, "round {round}");
         assert_eq!(report.in_flight, admitted, "round {round}: {report:?}");
+        // Every admitted response is an event stream and got its notice.
+        assert_eq!(
+            (report.sse_streams, report.notified),
+            (admitted, admitted),
+            "round {round}: {report:?}"
+        );
         assert_eq!((report.closed, report.force_closed), (admitted, 0));
         assert_eq!(handle.in_flight(), 0);
         assert_eq!(handle.sse_streams(), 0);
     }
+}
+
+/// Responses admitted before the drain whose handler resolves after it (a
+/// slow database query before the stream starts): each is an event stream
+/// the drain must notify, and the report counts them, so that `notified <=
+/// sse_streams <= in_flight` holds with every figure exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_whose_handler_resolves_during_the_drain_are_notified_and_counted() {
+    const N: usize = 300;
+    let handle = DrainHandle::new(Config::default().reconnect_jitter(Duration::ZERO));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = {
+        let gate = gate.clone();
+        move || {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                idle().await
+            }
+        }
+    };
+    let addr = serve(
+        Router::new()
+            .route("/slow", get(slow))
+            .layer(handle.layer()),
+    );
+    let clients: Vec<_> = (0..N)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut events = sse(addr, "/slow").await;
+                rest(&mut events).await
+            })
+        })
+        .collect();
+    until(|| handle.in_flight() == N).await;
+    assert_eq!(handle.sse_streams(), 0, "every handler is still running");
+    let drain = handle.drain();
+    gate.add_permits(N);
+    for client in clients {
+        let events = client.await.unwrap();
+        let notices = events.iter().filter(|e| e.event == "shutdown").count();
+        assert_eq!(notices, 1, "{events:?}");
+        assert_eq!(events.last().unwrap().event, "shutdown", "{events:?}");
+    }
+    let report = within(drain).await;
+    assert_eq!(
+        (report.in_flight, report.sse_streams, report.notified),
+        (N, N, N),
+        "{report}"
+    );
+    assert!(report.notified <= report.sse_streams && report.sse_streams <= report.in_flight);
+}
+
+/// Behind the layer, a `ConcurrencyLimit` of 1 (global: axum applies a layer
+/// per connection, and a per-connection limit would never be saturated by
+/// another client) whose permit a slow handler holds: a request during the drain gets its rejection at once, without
+/// waiting for the inner service to be ready (it never reaches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_during_the_drain_is_rejected_at_once_behind_a_saturated_concurrency_limit() {
+    let handle = DrainHandle::new(Config::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = {
+        let gate = gate.clone();
+        move || {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                "done"
+            }
+        }
+    };
+    let app = Router::new().route("/slow", get(slow)).layer(
+        ServiceBuilder::new()
+            .layer(handle.layer())
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(1)),
+    );
+    let addr = serve(app);
+    let holder = tokio::spawn(async move { request(addr, "/slow", "*/*").await.0.status() });
+    until(|| handle.in_flight() == 1).await;
+
+    let drain = handle.drain();
+    let started = tokio::time::Instant::now();
+    let rejected = tokio::time::timeout(Duration::from_secs(2), common::get(addr, "/slow", &[]))
+        .await
+        .expect("the rejection waited for the inner service")
+        .unwrap();
+    assert_eq!(rejected.0.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    gate.add_permits(1);
+    assert_eq!(within(holder).await.unwrap(), StatusCode::OK);
+    let report = within(drain).await;
+    assert_eq!(
+        (report.in_flight, report.closed, report.rejected),
+        (1, 1, 1)
+    );
 }
 
 /// `Retry-After` with the default delay and jitter: whole seconds in 30..=45.

@@ -158,7 +158,7 @@ async fn start(
 }
 
 /// `axum::serve` with a graceful shutdown once the drain has reported.
-fn serve_axum<L>(listener: L, app: Router, drained: tower_graceful_sse::Drained) -> JoinHandle<()>
+fn serve_axum<L>(listener: L, app: Router, drained: tower_graceful_sse::Drain) -> JoinHandle<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
@@ -313,8 +313,18 @@ async fn stalled_readers(
     stalled: usize,
     healthy: usize,
 ) -> Option<Duration> {
+    stalled_readers_with(server, proto, stalled, healthy, LINGER).await
+}
+
+async fn stalled_readers_with(
+    server: Server,
+    proto: Proto,
+    stalled: usize,
+    healthy: usize,
+    linger: Duration,
+) -> Option<Duration> {
     common::swarm::need_fds(2 * (stalled + healthy) as u64 + 256);
-    let handle = DrainHandle::new(Config::default().grace_period(GRACE).linger(LINGER));
+    let handle = DrainHandle::new(Config::default().grace_period(GRACE).linger(linger));
     let produced = Arc::new(AtomicU64::new(0));
     let (addr, server_task) = start(server, &handle, produced.clone()).await;
 
@@ -366,7 +376,7 @@ async fn stalled_readers(
     assert_eq!(report.in_flight, stalled + healthy, "{report}");
     assert!(report.notified >= healthy, "{report}");
 
-    let stopped = tokio::time::timeout(GRACE + LINGER + SLACK, server_task).await;
+    let stopped = tokio::time::timeout(GRACE + linger + SLACK, server_task).await;
     let took = started.elapsed();
     drop(stalled_sockets);
     match stopped {
@@ -433,6 +443,111 @@ async fn hyper_util_http1_1000_stalled_readers_among_1000_healthy_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyper_util_h2c_1000_stalled_readers_among_1000_healthy_streams() {
     server_stops_in_time(Server::HyperUtil, Proto::H2c, 1000, 1000).await;
+}
+
+/// The cut with no linger: the end of the grace period and the cut come
+/// together, while the forced bodies make their connections write and go
+/// pending again, so a connection registering for the cut races the cut
+/// itself (a registration made after the look at the phase would miss it
+/// and hold the server forever). Repeated, on both servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_with_no_linger_closes_1000_stalled_readers_every_time() {
+    for round in 0..3 {
+        for server in [Server::Axum, Server::HyperUtil] {
+            let took = stalled_readers_with(server, Proto::Http1, 1000, 10, Duration::ZERO).await;
+            let took = took.unwrap_or_else(|| panic!("round {round}: {server:?} still running"));
+            assert!(took >= GRACE, "round {round}: stopped early, {took:?}");
+        }
+    }
+}
+
+/// A connection accepted after the drain's report (the accept loop goes on
+/// until the server stops, and a second server may share the handle) is cut
+/// at the deadline like the others: a client that sends nothing cannot hold
+/// it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_wrapped_after_the_report_is_cut_at_the_deadline() {
+    for server in [Server::Axum, Server::HyperUtil] {
+        let grace = Duration::from_millis(300);
+        let handle = DrainHandle::new(Config::default().grace_period(grace).linger(LINGER));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = app(&handle, Arc::new(AtomicU64::new(0)));
+        // The server runs on after the report: it stops only when told.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = match server {
+            Server::Axum => {
+                let listener = handle.listener(listener);
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stopped.await;
+                        })
+                        .await
+                        .unwrap();
+                })
+            }
+            _ => {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let mut connections = JoinSet::new();
+                    tokio::pin!(stopped);
+                    loop {
+                        tokio::select! {
+                            accepted = listener.accept() => {
+                                let (stream, _) = accepted.unwrap();
+                                let conn = builder
+                                    .serve_connection(
+                                        TokioIo::new(stream),
+                                        hyper_util::service::TowerToHyperService::new(app.clone()),
+                                    )
+                                    .into_owned();
+                                connections.spawn(handle.watch(conn));
+                            }
+                            _ = &mut stopped => break,
+                        }
+                    }
+                    while connections.join_next().await.is_some() {}
+                })
+            }
+        };
+        let drain = handle.drain();
+        let deadline = drain.deadline().unwrap();
+        let report = within(drain).await;
+        assert_eq!(report.in_flight, 0);
+        // Wrapped after the report, before the deadline: a client that sends
+        // half a request and then nothing.
+        let mut late = TcpStream::connect(addr).await.unwrap();
+        late.write_all(b"GET /ticks HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0; 64];
+        let read = tokio::time::timeout_at(deadline + SLACK, late.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "{server:?}: a connection wrapped after the report still open a second after the deadline: {read:?}"
+        );
+        // hyper-util's graceful shutdown may close it earlier; axum's cannot
+        // see a half-read request: the cut is what closes it.
+        if let Server::Axum = server {
+            assert!(
+                Instant::now() >= deadline.into_std(),
+                "cut before the deadline"
+            );
+        }
+        // Wrapped after the cut: closed at its first IO call, unanswered.
+        let mut after_cut = TcpStream::connect(addr).await.unwrap();
+        let _ = after_cut
+            .write_all(b"GET /ticks HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let read = tokio::time::timeout(SLACK, after_cut.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "{server:?}: a connection wrapped after the cut was served: {read:?}"
+        );
+        let _ = stop.send(());
+        within(task).await.unwrap();
+    }
 }
 
 /// The control: the same scenario without the adapter reproduces the hang

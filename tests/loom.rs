@@ -6,17 +6,18 @@
 //! The models use the crate's real `State` (its atomics come from loom under
 //! `cfg(loom)`); the drain task's wait for the last release is modelled with
 //! `loom::sync::Notify`, which keeps a permit as `tokio::sync::Notify::notify_one`
-//! does.
+//! does, and the phase wait of bodies and connections with `Waiters`, a model
+//! of `tokio::sync::Notify::notify_waiters`.
 #![cfg(loom)]
 
 use loom::{
     sync::{
-        Arc, Notify,
-        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc, Mutex, Notify,
+        atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
     },
     thread,
 };
-use tower_graceful_sse::state::{DRAINING, FORCED, NoticeLog, Notices, State};
+use tower_graceful_sse::state::{CUT, DRAINING, FORCED, NoticeLog, Notices, State};
 
 /// One request: admitted (reaching the "inner service", then released, which
 /// wakes the drain if it was the last) or rejected. Returns whether it was
@@ -26,7 +27,7 @@ fn request(state: &State, closed: &Notify, served: &AtomicUsize) -> bool {
         return false;
     }
     served.fetch_add(1, SeqCst);
-    if state.release() {
+    if state.release(false) {
         closed.notify();
     }
     true
@@ -56,7 +57,7 @@ fn wait_for_zero(state: &State, closed: &Notify, requests: usize) {
     }
 }
 
-/// The seed's race: requests arriving while `drain()` starts. Each one is
+/// The admission race: requests arriving while `drain()` starts. Each one is
 /// either rejected, or counted before the drain started, waited for, and
 /// released; the drain never misses the last release, and the count ends at 0.
 #[test]
@@ -72,7 +73,10 @@ fn every_request_is_rejected_or_counted_and_waited_for() {
             })
             .collect();
 
-        let in_flight = state.start_drain().expect("the first drain starts it");
+        let in_flight = state
+            .start_drain()
+            .expect("the first drain starts it")
+            .in_flight;
         assert!(in_flight <= 2);
         wait_for_zero(&state, &closed, 2);
         // The drain has ended: no request is served from now on.
@@ -128,7 +132,7 @@ fn force_close_counts_only_requests_admitted_before_the_drain() {
             thread::spawn(move || request(&state, &closed, &served))
         };
 
-        let in_flight = state.start_drain().unwrap();
+        let in_flight = state.start_drain().unwrap().in_flight;
         // A grace period of zero: force at once.
         let forced = state.force_close();
         assert!(
@@ -154,13 +158,13 @@ fn exactly_one_release_wakes_the_drain() {
             .map(|_| {
                 let (state, wakes) = (state.clone(), wakes.clone());
                 thread::spawn(move || {
-                    if state.release() {
+                    if state.release(false) {
                         wakes.fetch_add(1, SeqCst);
                     }
                 })
             })
             .collect();
-        let in_flight = state.start_drain().unwrap();
+        let in_flight = state.start_drain().unwrap().in_flight;
         let forced = state.force_close();
         assert!(forced <= in_flight);
         for t in releases {
@@ -214,4 +218,158 @@ fn notice_log_never_counts_a_notice_without_its_time() {
             }
         );
     });
+}
+
+/// Two streams admitted before the drain, one marked an SSE stream before or
+/// after it (a late response) and released at any point, the other marked
+/// and kept: the drain's `sse_streams` (open at its start plus the late
+/// ones) never exceeds what was in flight at its start, and counts every
+/// stream that was admitted before it.
+#[test]
+fn sse_streams_at_the_drain_count_late_responses_and_never_exceed_in_flight() {
+    model(|| {
+        let state = Arc::new(State::new());
+        assert!(state.admit() && state.admit());
+        let streams: Vec<_> = [true, false]
+            .into_iter()
+            .map(|release| {
+                let state = state.clone();
+                thread::spawn(move || {
+                    state.mark_sse();
+                    if release {
+                        state.release(true);
+                    }
+                })
+            })
+            .collect();
+        let at_start = state.start_drain().unwrap();
+        for s in streams {
+            s.join().unwrap();
+        }
+        let sse_streams = at_start.sse_streams + state.late_sse();
+        assert!(
+            sse_streams <= at_start.in_flight,
+            "{at_start:?} + {}",
+            state.late_sse()
+        );
+        // Every stream still in flight at the start is counted, marked then
+        // or later.
+        assert_eq!(sse_streams, at_start.in_flight);
+        assert_eq!((state.count(), state.sse()), (1, 1));
+    });
+}
+
+/// `tokio::sync::Notify` as far as `notify_waiters` goes: a count of calls,
+/// read without the lock when a `Notified` is made, and the registered
+/// waiters, under the lock. A `Notified` is ready if a call came after it was
+/// made; otherwise polling registers it, and the next call wakes it.
+struct Waiters {
+    calls: AtomicUsize,
+    registered: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl Waiters {
+    fn new() -> Self {
+        Self {
+            calls: AtomicUsize::new(0),
+            registered: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `notified()`: the count of calls when it is made.
+    fn notified(&self) -> usize {
+        self.calls.load(SeqCst)
+    }
+
+    /// Polls a `Notified` made at `made`: true if ready, else registers
+    /// `woken`.
+    fn poll(&self, made: usize, woken: &Arc<AtomicBool>) -> bool {
+        let mut registered = self.registered.lock().unwrap();
+        if self.calls.load(SeqCst) != made {
+            return true;
+        }
+        registered.push(woken.clone());
+        false
+    }
+
+    fn notify_waiters(&self) {
+        let mut registered = self.registered.lock().unwrap();
+        self.calls.fetch_add(1, SeqCst);
+        for woken in registered.drain(..) {
+            woken.store(true, SeqCst);
+        }
+    }
+}
+
+/// How a waiter came out of one pass of `shared::wait_phase`.
+enum Outcome {
+    SawThePhase,
+    Ready,
+    Registered(Arc<AtomicBool>),
+}
+
+/// One pass of the phase wait of a body or a connection whose call went
+/// pending at phase `seen`; `register_first` is the crate's order (make the
+/// `Notified`, then look at the phase again), `false` the order it replaced.
+fn wait_phase(state: &State, waiters: &Waiters, seen: u64, register_first: bool) -> Outcome {
+    let made = if register_first {
+        waiters.notified()
+    } else {
+        0
+    };
+    if state.phase() != seen {
+        return Outcome::SawThePhase;
+    }
+    let made = if register_first {
+        made
+    } else {
+        waiters.notified()
+    };
+    let woken = Arc::new(AtomicBool::new(false));
+    if waiters.poll(made, &woken) {
+        return Outcome::Ready;
+    }
+    Outcome::Registered(woken)
+}
+
+/// The cut (or any phase change) racing a connection that goes pending: the
+/// connection either sees the new phase, or its registration is ready, or it
+/// is woken. Never pending forever.
+fn phase_change_racing_a_waiter(register_first: bool) {
+    model(move || {
+        let state = Arc::new(State::new());
+        let waiters = Arc::new(Waiters::new());
+        state.start_drain();
+        let cutter = {
+            let (state, waiters) = (state.clone(), waiters.clone());
+            thread::spawn(move || {
+                state.cut();
+                waiters.notify_waiters();
+            })
+        };
+        // The connection: looks at the phase, its IO call goes pending.
+        let seen = state.phase();
+        let outcome = wait_phase(&state, &waiters, seen, register_first);
+        cutter.join().unwrap();
+        match outcome {
+            Outcome::SawThePhase | Outcome::Ready => {}
+            Outcome::Registered(woken) => assert!(
+                seen & CUT != 0 || woken.load(SeqCst),
+                "pending at phase {seen:#b}, never woken: the cut is lost"
+            ),
+        }
+    });
+}
+
+#[test]
+fn a_phase_change_is_never_lost_by_a_waiter_registering() {
+    phase_change_racing_a_waiter(true);
+}
+
+/// The model finds the lost wake-up of the order the crate used before (look
+/// at the phase, then make the registration).
+#[test]
+#[should_panic(expected = "the cut is lost")]
+fn looking_before_registering_loses_the_cut() {
+    phase_change_racing_a_waiter(false);
 }

@@ -1,4 +1,4 @@
-//! The analytics page in headless Chromium, through nginx, across the whole
+//! The analytics page in headless Chromium, through the proxy, across the whole
 //! deploy: examples/analytics/tests/browser/deploy.mjs drives it with playwright-core.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
@@ -19,6 +19,8 @@ pub struct PageResult {
     pub restarts: u64,
     pub reconnects: u64,
     pub states: Vec<String>,
+    /// `nextHopProtocol` of the page's ended requests (`h2` over TLS).
+    pub protocols: Vec<String>,
     /// Complete, with every row of the report once, in order.
     pub ok: bool,
 }
@@ -101,6 +103,12 @@ impl Page {
             restarts: result["restarts"].as_u64().unwrap_or(0),
             reconnects: result["reconnects"].as_u64().unwrap_or(0),
             states: result["states"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect(),
+            protocols: result["protocols"]
                 .as_array()
                 .into_iter()
                 .flatten()

@@ -1,5 +1,7 @@
 //! A client that behaves like a browser's `EventSource` (WHATWG HTML,
-//! "Server-sent events"), and checks what it receives against the report.
+//! "Server-sent events"), whatever stream it reads: the expectation it is
+//! given ([`Expect`]: a report, report.rs, or the live feed, live.rs)
+//! checks each event, and one [`Outcome`] counts for both.
 //!
 //! - `200` with `Content-Type: text/event-stream`: the stream is announced and
 //!   parsed; when it ends, cleanly or not, the client *reestablishes the
@@ -9,19 +11,16 @@
 //! - Any other status, or another content type: *fail the connection*. A
 //!   browser never retries; here that is a client error. A `204 No Content`
 //!   ends the client too: the server's way of saying the report is complete.
-//! - The `complete` event ends the report: the page closes its `EventSource`.
+//! - The expectation says when the stream is complete (a report's `complete`
+//!   event): the page closes its `EventSource`.
+//! - Over HTTP/2 the client keeps its connection across reconnects, as a
+//!   browser does, and opens a new one only when the proxy closed it.
 
-use crate::report::Reference;
+use crate::connect::{Conn, Protocol, Target};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::{Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
-use tokio::net::TcpStream;
+use http_body_util::{BodyExt, Full};
+use hyper::{StatusCode, header};
+use std::time::{Duration, Instant};
 
 /// A browser's reconnection time until the server sends `retry:` (Chromium
 /// and WebKit use 3 s).
@@ -48,12 +47,18 @@ pub struct Outcome {
     pub reconnect_times: Vec<Instant>,
     /// `shutdown` events received.
     pub notices: u32,
+    /// `reset` events received: the server said history was lost.
+    pub resets: u32,
+    /// Live hits acknowledged and then lost with the log (after the last
+    /// one received before a reset): expected where Redis restarts empty.
+    pub gone_with_log: u64,
     /// Streams that carried the shutdown notice and no report event: the
     /// answer of an instance that was already draining.
     pub notice_only: u32,
     /// Streams that ended without a notice (a network error or a cut).
     pub cut: u32,
-    /// The report ended with its `complete` event or a `204`.
+    /// The stream completed (a report's `complete` event or a `204`; the
+    /// live feed once told to stop and caught up).
     pub completed: bool,
     /// The longest time without a stream that carried report events: from
     /// the end of one to the answer of the next.
@@ -138,188 +143,194 @@ impl Parser {
     }
 }
 
+/// What a stream must carry, checked event by event (the shutdown notice
+/// is the client's own business and never reaches it).
+pub trait Expect: Send {
+    /// Checks one event and counts it in `out`; true when the stream is
+    /// complete and the client should close it.
+    fn event(&mut self, event: &Event, out: &mut Outcome) -> bool;
+    /// The client was told to stop: true once nothing more is awaited.
+    fn caught_up(&self) -> bool {
+        true
+    }
+    /// At the end: counts in `out` what never arrived.
+    fn finish(&mut self, out: &mut Outcome);
+}
+
 /// How one connection attempt ended.
 enum Attempt {
     /// The stream ended (cleanly or cut) or never opened: reconnect.
     Reconnect,
-    /// The report is complete (`complete` event or `204`).
+    /// The stream is complete (or `204`).
     Done,
     /// Fail the connection: a client error.
     Fatal(String),
 }
 
-/// Streams `path` through `addr` like an `EventSource` until the report
-/// completes, the connection fails, or `deadline` passes; checks every event
-/// against `reference`.
-pub async fn run(
-    addr: SocketAddr,
-    path: String,
-    reference: Arc<Reference>,
-    deadline: Instant,
-) -> Outcome {
-    let mut out = Outcome::default();
-    let mut parser = Parser::default();
-    let mut next = 0usize; // index in the reference of the next expected event
-    let mut gap_since: Option<Instant> = None;
+/// One client: its stream, its protocol, and when it gives up.
+pub struct Client<E> {
+    pub target: Target,
+    pub protocol: Protocol,
+    pub path: String,
+    pub expect: E,
+    /// Give up (and count what is missing) at this time.
+    pub deadline: Instant,
+    /// Once true, end as soon as the expectation is caught up.
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The `Last-Event-ID` of the first request, if any.
+    pub resume_from: Option<String>,
+}
+
+/// Streams like an `EventSource` until the stream completes, the
+/// connection fails, or the deadline passes; `expect` checks every event.
+pub async fn run<E: Expect>(mut c: Client<E>) -> Outcome {
+    let mut state = State {
+        out: Outcome::default(),
+        parser: Parser {
+            last_event_id: c.resume_from.take().unwrap_or_default(),
+            ..Parser::default()
+        },
+        gap_since: None,
+        conn: None,
+    };
     let mut first = true;
     loop {
         if !first {
-            out.reconnects += 1;
-            out.reconnect_times.push(Instant::now());
+            state.out.reconnects += 1;
+            state.out.reconnect_times.push(Instant::now());
         }
         first = false;
-        let attempt = tokio::time::timeout_at(
-            deadline.into(),
-            attempt(
-                addr,
-                &path,
-                &reference,
-                &mut parser,
-                &mut next,
-                &mut gap_since,
-                &mut out,
-            ),
-        )
-        .await
-        .unwrap_or(Attempt::Done);
+        let attempt = tokio::time::timeout_at(c.deadline.into(), state.attempt(&mut c))
+            .await
+            .unwrap_or(Attempt::Done);
         match attempt {
             Attempt::Done => break,
             Attempt::Fatal(reason) => {
-                out.client_error = Some(reason);
+                state.out.client_error = Some(reason);
                 break;
             }
             Attempt::Reconnect => {
-                gap_since.get_or_insert_with(Instant::now);
-                let wait = parser.retry.unwrap_or(DEFAULT_RETRY);
-                if Instant::now() + wait >= deadline {
+                state.gap_since.get_or_insert_with(Instant::now);
+                let wait = state.parser.retry.unwrap_or(DEFAULT_RETRY);
+                if Instant::now() + wait >= c.deadline {
                     break;
                 }
                 tokio::time::sleep(wait).await;
             }
         }
     }
-    out.lost += (reference.len() - next) as u64;
-    out
+    state.conn = None;
+    c.expect.finish(&mut state.out);
+    state.out
 }
 
-async fn attempt(
-    addr: SocketAddr,
-    path: &str,
-    reference: &Reference,
-    parser: &mut Parser,
-    next: &mut usize,
-    gap_since: &mut Option<Instant>,
-    out: &mut Outcome,
-) -> Attempt {
-    let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
-    else {
-        return Attempt::Reconnect;
-    };
-    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
-    else {
-        return Attempt::Reconnect;
-    };
-    let conn = tokio::spawn(conn);
-    let _abort = AbortOnDrop(conn);
-    let mut req = Request::get(path)
-        .header(header::HOST, addr.to_string())
-        .header(header::ACCEPT, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache");
-    if !parser.last_event_id.is_empty() {
-        req = req.header("last-event-id", parser.last_event_id.as_str());
-    }
-    let req = req.body(Empty::<Bytes>::new()).expect("valid request");
-    let res = match tokio::time::timeout(Duration::from_secs(30), sender.send_request(req)).await {
-        Ok(Ok(res)) => res,
-        _ => return Attempt::Reconnect,
-    };
-    let opened = Instant::now();
-    match res.status() {
-        StatusCode::OK => {}
-        StatusCode::NO_CONTENT => return Attempt::Done,
-        status => {
-            let body = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let body = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
-            return Attempt::Fatal(format!("{status}: {}", body.trim()));
+struct State {
+    out: Outcome,
+    parser: Parser,
+    gap_since: Option<Instant>,
+    /// An HTTP/2 connection kept for the next request.
+    conn: Option<Conn>,
+}
+
+impl State {
+    /// The kept HTTP/2 connection if the proxy has not closed it, else a new one.
+    async fn connection(&mut self, c: &Client<impl Expect>) -> Option<Conn> {
+        match self.conn.take() {
+            Some(conn) if c.protocol == Protocol::Http2 && conn.is_open() => Some(conn),
+            _ => c.target.connect(c.protocol).await.ok(),
         }
     }
-    let content_type = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("text/event-stream") {
-        return Attempt::Fatal(format!("200 with Content-Type {content_type:?}"));
-    }
 
-    let mut body = res.into_body();
-    let mut events = Vec::new();
-    let (mut report_events, mut notices) = (0u32, 0u32);
-    loop {
-        let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
-            Ok(Some(Ok(frame))) => frame,
-            _ => break, // end of stream, error or silence: reestablish
+    async fn attempt<E: Expect>(&mut self, c: &mut Client<E>) -> Attempt {
+        let Some(mut conn) = self.connection(c).await else {
+            return Attempt::Reconnect;
         };
-        let Ok(data) = frame.into_data() else {
-            continue;
+        let mut req = conn
+            .request("GET", &c.path)
+            .header(header::ACCEPT, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache");
+        if !self.parser.last_event_id.is_empty() {
+            req = req.header("last-event-id", self.parser.last_event_id.as_str());
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("valid request");
+        let res = match tokio::time::timeout(Duration::from_secs(30), conn.send(req)).await {
+            Ok(Ok(res)) => res,
+            _ => return Attempt::Reconnect,
         };
-        parser.feed(&data, &mut events);
-        for event in events.drain(..) {
-            if event.event == "shutdown" {
-                notices += 1;
-                out.notices += 1;
+        let opened = Instant::now();
+        match res.status() {
+            StatusCode::OK => {}
+            StatusCode::NO_CONTENT => return Attempt::Done,
+            status => {
+                let body = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let body = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
+                return Attempt::Fatal(format!("{status}: {}", body.trim()));
+            }
+        }
+        let content_type = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("text/event-stream") {
+            return Attempt::Fatal(format!("200 with Content-Type {content_type:?}"));
+        }
+
+        let mut body = res.into_body();
+        let mut events = Vec::new();
+        let (mut stream_events, mut notices) = (0u32, 0u32);
+        let out = &mut self.out;
+        let ended = loop {
+            let frame = tokio::select! {
+                frame = tokio::time::timeout(IDLE_TIMEOUT, body.frame()) => frame,
+                _ = c.stop.wait_for(|stop| *stop), if c.expect.caught_up() => break true,
+            };
+            let frame = match frame {
+                Ok(Some(Ok(frame))) => frame,
+                _ => break false, // end of stream, error or silence: reestablish
+            };
+            let Ok(data) = frame.into_data() else {
                 continue;
-            }
-            if report_events == 0 {
-                if let Some(since) = gap_since.take() {
-                    out.max_gap = out.max_gap.max(opened - since);
+            };
+            self.parser.feed(&data, &mut events);
+            let mut complete = false;
+            for event in events.drain(..) {
+                if event.event == "shutdown" {
+                    notices += 1;
+                    out.notices += 1;
+                    continue;
                 }
+                if stream_events == 0 {
+                    if let Some(since) = self.gap_since.take() {
+                        out.max_gap = out.max_gap.max(opened - since);
+                    }
+                }
+                stream_events += 1;
+                complete |= c.expect.event(&event, out);
             }
-            report_events += 1;
-            check(reference, &event, next, out);
-            if event.event == "complete" {
-                out.completed = true;
-                return Attempt::Done;
+            if complete || (*c.stop.borrow() && c.expect.caught_up()) {
+                break true;
             }
+        };
+        if ended {
+            out.completed = true;
+            return Attempt::Done;
         }
-    }
-    if report_events == 0 && notices > 0 {
-        out.notice_only += 1;
-    } else if notices == 0 {
-        out.cut += 1;
-    }
-    Attempt::Reconnect
-}
-
-/// Exactly once, in order: the event must be the next one the report holds.
-fn check(reference: &Reference, event: &Event, next: &mut usize, out: &mut Outcome) {
-    match reference.index(&event.last_event_id) {
-        Some(i) if !reference.matches(i, event) => out.corrupt += 1,
-        Some(i) if i == *next => {
-            out.delivered += 1;
-            *next += 1;
+        if stream_events == 0 && notices > 0 {
+            out.notice_only += 1;
+        } else if notices == 0 {
+            out.cut += 1;
         }
-        Some(i) if i < *next => out.duplicated += 1,
-        Some(i) => {
-            out.lost += (i - *next) as u64;
-            out.delivered += 1;
-            *next = i + 1;
-        }
-        None => out.corrupt += 1,
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+        // The stream ended; an HTTP/2 connection can carry the next one.
+        drop(body);
+        self.conn = Some(conn);
+        Attempt::Reconnect
     }
 }
 
@@ -360,38 +371,5 @@ mod tests {
             ]
         );
         assert_eq!(retry, Some(Duration::from_millis(1000)));
-    }
-
-    #[test]
-    fn check_counts_lost_duplicated_and_corrupt() {
-        let reference = Reference::new(
-            (0..4)
-                .map(|i| Event {
-                    last_event_id: i.to_string(),
-                    event: "result".into(),
-                    data: format!("d{i}"),
-                })
-                .collect(),
-        );
-        let mut out = Outcome::default();
-        let mut next = 0;
-        for (id, data) in [
-            ("0", "d0"),
-            ("1", "d1"),
-            ("1", "d1"),
-            ("3", "d3"),
-            ("2", "x"),
-        ] {
-            let event = Event {
-                last_event_id: id.into(),
-                event: "result".into(),
-                data: data.into(),
-            };
-            check(&reference, &event, &mut next, &mut out);
-        }
-        assert_eq!(
-            (out.delivered, out.duplicated, out.lost, out.corrupt),
-            (3, 1, 1, 1)
-        );
     }
 }

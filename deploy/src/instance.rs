@@ -1,7 +1,7 @@
 //! One instance of the analytics example: a child process on its own port,
 //! stopped the way the kubelet stops a pod.
 
-use crate::http::get;
+use crate::{connect::Target, http::get};
 use std::{
     fs::File,
     net::SocketAddr,
@@ -84,7 +84,13 @@ impl Instance {
                     self.log_tail()
                 ));
             }
-            if let Ok((200, _)) = get(self.addr, "/healthz/ready", Duration::from_secs(1)).await {
+            if let Ok((200, _)) = get(
+                &Target::plain(self.addr),
+                "/healthz/ready",
+                Duration::from_secs(1),
+            )
+            .await
+            {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {

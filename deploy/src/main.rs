@@ -1,21 +1,30 @@
-//! A rolling deploy of the analytics example through a real nginx, on one
-//! machine, with clients that behave like browsers' `EventSource` and check
-//! that every event of their report arrives exactly once.
+//! A rolling deploy of the analytics example through a real nginx or
+//! HAProxy, on one machine, with clients that behave like browsers'
+//! `EventSource` and check that every event of their stream arrives exactly
+//! once.
 //!
-//! Run with: `scripts/rolling-deploy` (installs nginx, builds, runs this), or
+//! Run with: `scripts/rolling-deploy` (installs the proxy, builds, runs this), or
 //! `cargo run --release -p rolling-deploy -- --server-bin target/release/examples/analytics`.
 //! `--help` lists the options. Every `SHUTDOWN_*` variable in the
 //! environment reaches the instances.
 
 mod browser;
 mod client;
+mod connect;
+mod haproxy;
 mod http;
 mod instance;
+mod live;
 mod nginx;
+mod proxy;
 mod report;
+mod tls;
 
+use connect::Target;
+use haproxy::Haproxy;
 use instance::{Exit, Instance};
 use nginx::Nginx;
+use proxy::{Logged, Proxy};
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -26,18 +35,29 @@ use std::{
 };
 
 const HELP: &str = "\
-rolling-deploy: replace the analytics example's instances behind nginx, one at a
-time, while EventSource-like clients stream reports; exits 0 only when no event
-was lost or duplicated and no client saw an error.
+rolling-deploy: replace the analytics example's instances behind a proxy, one
+at a time, while EventSource-like clients stream reports; exits 0 only when no
+event was lost or duplicated and no client saw an error.
 
 Options (defaults in brackets):
   --server-bin PATH      the analytics binary [target/release/analytics, else
                          target/release/examples/analytics]
+  --proxy P              nginx (reloaded with a new upstream) or haproxy (its
+                         runtime API) [nginx]
   --nginx PATH           nginx [nginx on PATH, else /usr/sbin/nginx]
+  --haproxy PATH         HAProxy [haproxy on PATH, else /usr/sbin/haproxy]
+  --tls                  the proxy terminates TLS (a CA and certificate made
+                         with openssl for the run) with HTTP/2 on; the page and
+                         every other client speak HTTP/2, the rest HTTP/1.1
   --scenario S           rolling: leave the upstream, preStop, then SIGTERM;
-                         race: SIGTERM first, leave the upstream --endpoint-lag later
-                         [rolling]
-  --clients N            EventSource clients [1000]
+                         race: SIGTERM first, leave the upstream --endpoint-lag later;
+                         redis-restart: rolling, with Redis restarted empty
+                         halfway through [rolling]
+  --clients N            EventSource clients of the report stream [1000]
+  --live-clients N       EventSource clients of the live feed (0: no live feed,
+                         no Redis) [100]
+  --hit-rate R           hits per second the producer POSTs [50]
+  --redis PATH           redis-server [redis-server on PATH, else /usr/bin]
   --instances N          replicas behind nginx [3]
   --replacements N       instances replaced, oldest first [= --instances]
   --days N               days per report (1..=365) [200]
@@ -48,8 +68,10 @@ Options (defaults in brackets):
   --endpoint-lag S       race: SIGTERM to leaving the upstream, seconds [3]
   --download S           a CSV download in flight at each SIGTERM that needs S
                          more seconds (0: none) [3]
-  --no-retry-503         nginx passes a 503 to the client (ingress-nginx's default)
-  --skip-browser         no headless Chromium page
+  --no-retry-503         the proxy passes a 503 to the client (ingress-nginx's
+                         default); without it a GET refused with 503 is retried
+  --skip-browser         no headless Chromium page (with the page, every instance
+                         is replaced so that it crosses a restart)
   --keep                 keep the temporary directory (logs) even on success
 Environment: SHUTDOWN_* reach the instances (defaults here:
 SHUTDOWN_RECONNECT_DELAY=1, SHUTDOWN_GRACE_PERIOD=10).
@@ -59,14 +81,27 @@ SHUTDOWN_RECONNECT_DELAY=1, SHUTDOWN_GRACE_PERIOD=10).
 enum Scenario {
     Rolling,
     Race,
+    RedisRestart,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum ProxyKind {
+    Nginx,
+    Haproxy,
 }
 
 #[derive(Debug)]
 struct Options {
     server_bin: PathBuf,
+    proxy: ProxyKind,
     nginx: PathBuf,
+    haproxy: PathBuf,
+    tls: bool,
     scenario: Scenario,
     clients: usize,
+    live_clients: usize,
+    hit_rate: f64,
+    redis: PathBuf,
     instances: usize,
     replacements: usize,
     days: u32,
@@ -92,9 +127,15 @@ fn parse_options() -> Result<Options, String> {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .unwrap_or_else(|| "target/release/examples/analytics".into()),
-        nginx: find_nginx(),
+        proxy: ProxyKind::Nginx,
+        nginx: find_bin("nginx"),
+        haproxy: find_bin("haproxy"),
+        tls: false,
         scenario: Scenario::Rolling,
         clients: 1000,
+        live_clients: 100,
+        hit_rate: 50.0,
+        redis: find_bin("redis-server"),
         instances: 3,
         replacements: 0,
         days: 200,
@@ -122,19 +163,34 @@ fn parse_options() -> Result<Options, String> {
         match arg.as_str() {
             "--help" | "-h" => return Err(String::new()),
             "--server-bin" => o.server_bin = value()?.into(),
+            "--proxy" => {
+                o.proxy = match value()?.as_str() {
+                    "nginx" => ProxyKind::Nginx,
+                    "haproxy" => ProxyKind::Haproxy,
+                    v => {
+                        return Err(format!("invalid --proxy {v:?}: expected nginx or haproxy"));
+                    }
+                }
+            }
             "--nginx" => o.nginx = value()?.into(),
+            "--haproxy" => o.haproxy = value()?.into(),
+            "--tls" => o.tls = true,
             "--scenario" => {
                 o.scenario = match value()?.as_str() {
                     "rolling" => Scenario::Rolling,
                     "race" => Scenario::Race,
+                    "redis-restart" => Scenario::RedisRestart,
                     v => {
                         return Err(format!(
-                            "invalid --scenario {v:?}: expected rolling or race"
+                            "invalid --scenario {v:?}: expected rolling, race or redis-restart"
                         ));
                     }
                 }
             }
             "--clients" => o.clients = num(&arg, value()?)?,
+            "--live-clients" => o.live_clients = num(&arg, value()?)?,
+            "--hit-rate" => o.hit_rate = num(&arg, value()?)?,
+            "--redis" => o.redis = value()?.into(),
             "--instances" => o.instances = num(&arg, value()?)?,
             "--replacements" => replacements = Some(num(&arg, value()?)?),
             "--days" => o.days = num(&arg, value()?)?,
@@ -153,7 +209,7 @@ fn parse_options() -> Result<Options, String> {
     o.replacements = replacements.unwrap_or(o.instances);
     if o.pre_stop == Duration::MAX {
         o.pre_stop = match o.scenario {
-            Scenario::Rolling => Duration::from_secs(3),
+            Scenario::Rolling | Scenario::RedisRestart => Duration::from_secs(3),
             Scenario::Race => Duration::ZERO,
         };
     }
@@ -162,6 +218,16 @@ fn parse_options() -> Result<Options, String> {
     }
     if o.clients == 0 || o.instances < 2 || o.reports == 0 {
         return Err("--clients and --reports must be at least 1, --instances at least 2".into());
+    }
+    if o.scenario == Scenario::RedisRestart && o.live_clients == 0 {
+        return Err("--scenario redis-restart needs live clients (--live-clients)".into());
+    }
+    if o.browser && o.replacements < o.instances {
+        return Err(format!(
+            "--replacements {} of {} instances: the page may stream from one that is not \
+             replaced and never cross a restart; replace them all or pass --skip-browser",
+            o.replacements, o.instances
+        ));
     }
     if !o.server_bin.exists() {
         return Err(format!(
@@ -172,14 +238,16 @@ fn parse_options() -> Result<Options, String> {
     Ok(o)
 }
 
-fn find_nginx() -> PathBuf {
+/// `name` on PATH, else in /usr/sbin (where Debian puts nginx and HAProxy)
+/// or /usr/bin.
+fn find_bin(name: &str) -> PathBuf {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain(["/usr/sbin".into()])
-        .map(|dir| dir.join("nginx"))
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|dir| dir.join(name))
         .find(|p| p.exists())
-        .unwrap_or_else(|| "nginx".into())
+        .unwrap_or_else(|| name.into())
 }
 
 /// Raises the soft limit on open files to the hard limit: each client holds
@@ -232,7 +300,13 @@ fn main() -> ExitCode {
     env_default("SHUTDOWN_RECONNECT_DELAY", "1");
     env_default("SHUTDOWN_GRACE_PERIOD", "10");
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    match runtime.block_on(run(options, files)) {
+    let result = runtime.block_on(async {
+        match options.proxy {
+            ProxyKind::Nginx => run::<Nginx>(options, files).await,
+            ProxyKind::Haproxy => run::<Haproxy>(options, files).await,
+        }
+    });
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -240,6 +314,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What the live feed's clients, the producer and the audit saw.
+struct Feed {
+    clients: Vec<client::Outcome>,
+    /// A client that read the final epoch of the log from its start.
+    audit: client::Outcome,
+    acked: live::Shared,
+    /// With --scenario redis-restart: hits acknowledged before Redis restarted.
+    redis_restart: Option<usize>,
 }
 
 /// One replacement, as the table shows it.
@@ -251,7 +335,7 @@ struct Step {
     download: Result<(), String>,
 }
 
-async fn run(o: Options, files: u64) -> Result<bool, String> {
+async fn run<P: Proxy>(o: Options, files: u64) -> Result<bool, String> {
     let grace: f64 = std::env::var("SHUTDOWN_GRACE_PERIOD")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -268,7 +352,7 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
     println!(
         "rolling deploy: scenario {:?}, {} clients, {} instances, {} replacements, \
          report {} days at {} ms, preStop {:?}, terminationGracePeriodSeconds {:?}, \
-         nginx retries 503: {}\n  instances get {}\n  logs in {}",
+         {}{} retries 503: {}\n  instances get {}\n  logs in {}",
         o.scenario,
         o.clients,
         o.instances,
@@ -277,11 +361,24 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
         o.interval_ms,
         o.pre_stop,
         termination_grace,
+        P::NAME,
+        if o.tls { " with TLS and HTTP/2" } else { "" },
         o.retry_503,
         shutdown_env.join(" "),
         dir.display()
     );
-    let env = [("ANALYTICS_EVENT_INTERVAL_MS", o.interval_ms.to_string())];
+    // Redis for the live feed, shared by every instance.
+    let mut redis = if o.live_clients > 0 {
+        let redis = live::Redis::start(&o.redis, &dir).await?;
+        println!("  redis-server on {}", redis.url());
+        Some(redis)
+    } else {
+        None
+    };
+    let mut env = vec![("ANALYTICS_EVENT_INTERVAL_MS", o.interval_ms.to_string())];
+    if let Some(redis) = &redis {
+        env.push(("REDIS_URL", redis.url()));
+    }
 
     // The expected reports, from an instance that sends them without pause.
     let report_path =
@@ -318,16 +415,30 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
         live.push(instance);
     }
     let addrs = |live: &[Instance]| live.iter().map(|i| i.addr).collect::<Vec<SocketAddr>>();
-    let nginx = Nginx::start(&o.nginx, &dir, &addrs(&live), o.retry_503, files).await?;
+    let settings = proxy::Settings {
+        bin: match o.proxy {
+            ProxyKind::Nginx => o.nginx.clone(),
+            ProxyKind::Haproxy => o.haproxy.clone(),
+        },
+        dir: dir.clone(),
+        retry_503: o.retry_503,
+        max_files: files,
+        tls: if o.tls { Some(tls::make(&dir)?) } else { None },
+        upstream_slots: o.instances + o.replacements,
+    };
+    let mut proxy = P::start(&settings, &addrs(&live)).await?;
+    let target: Target = proxy.target().clone();
     println!(
-        "  nginx on http://{}/ in front of {:?}",
-        nginx.addr,
+        "  {} on {}/ in front of {:?}",
+        P::NAME,
+        target.origin(),
         addrs(&live)
     );
 
-    // The page in Chromium, then the clients, started over 2 s.
+    // The page in Chromium, then the clients, started over 2 s; with TLS
+    // every other client speaks HTTP/2.
     let browser = if o.browser {
-        let url = format!("http://{}/?report=browser&days={}", nginx.addr, o.days);
+        let url = format!("{}/?report=browser&days={}", target.origin(), o.days);
         let deadline = report_time * 2 + Duration::from_secs(120);
         Some(browser::Page::start(&url, deadline).await?)
     } else {
@@ -339,18 +450,52 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
         + termination_grace * o.replacements as u32
         + Duration::from_secs(120);
     let ramp = Duration::from_secs(2);
+    let (_stop, stop) = tokio::sync::watch::channel(false);
     let clients: Vec<_> = (0..o.clients)
         .map(|i| {
             let r = i % o.reports;
-            let (addr, path, reference) = (
-                nginx.addr,
-                report_path(&format!("deploy-{r}")),
-                references[r].clone(),
-            );
+            let client = client::Client {
+                target: target.clone(),
+                protocol: target.best(i % 2 == 0),
+                path: report_path(&format!("deploy-{r}")),
+                expect: report::ReportCheck::new(references[r].clone()),
+                deadline,
+                stop: stop.clone(),
+                resume_from: None,
+            };
             let start = run_start + ramp * i as u32 / o.clients as u32;
             tokio::spawn(async move {
                 tokio::time::sleep_until(start.into()).await;
-                client::run(addr, path, reference, deadline).await
+                client::run(client).await
+            })
+        })
+        .collect();
+    // The live feed: the producer, then its clients over the same ramp.
+    let acked = live::Shared::default();
+    let (stop_feed, feed_stop) = tokio::sync::watch::channel(false);
+    let producer = (o.live_clients > 0).then(|| {
+        tokio::spawn(live::produce(
+            target.clone(),
+            o.hit_rate,
+            acked.clone(),
+            feed_stop.clone(),
+        ))
+    });
+    let feed_clients: Vec<_> = (0..o.live_clients)
+        .map(|i| {
+            let client = client::Client {
+                target: target.clone(),
+                protocol: target.best(i % 2 == 0),
+                path: "/api/v1/analytics/live".into(),
+                expect: live::LiveCheck::new(acked.clone()),
+                deadline,
+                stop: feed_stop.clone(),
+                resume_from: None,
+            };
+            let start = run_start + ramp * i as u32 / o.live_clients as u32;
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start.into()).await;
+                client::run(client).await
             })
         })
         .collect();
@@ -359,7 +504,20 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
     // The deploy: maxSurge 1, maxUnavailable 0, oldest first.
     let deploy_start = Instant::now();
     let mut steps = Vec::new();
+    let mut redis_restart = None;
     for n in 0..o.replacements {
+        if o.scenario == Scenario::RedisRestart && n == o.replacements / 2 {
+            if let Some(redis) = redis.as_mut() {
+                let hits_before = acked.lock().unwrap().ids.len();
+                let away = redis.restart_empty().await?;
+                println!(
+                    "  {:>5.1} s  redis-server restarted empty (away {} ms, {hits_before} hits acknowledged before)",
+                    run_start.elapsed().as_secs_f64(),
+                    away.as_millis()
+                );
+                redis_restart = Some(hits_before);
+            }
+        }
         let old = live.remove(0);
         let old_label = format!("{} :{}", old.name, old.addr.port());
         let name = format!("analytics-{}", o.instances + n);
@@ -371,26 +529,25 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
             run_start.elapsed().as_secs_f64()
         );
         // Ready: the endpoint controller adds it.
-        let mut endpoints = addrs(&live);
+        let mut endpoints = proxy.upstreams().to_vec();
         endpoints.push(new.addr);
-        nginx
-            .set_upstreams(&[endpoints.clone(), vec![old.addr]].concat())
-            .await?;
+        proxy.set_upstreams(&endpoints).await?;
         // A download in flight at SIGTERM, which the drain lets finish.
         let download = start_download(old.addr, &o).await;
         let kill_at = Instant::now() + termination_grace;
         let exit = match o.scenario {
-            Scenario::Rolling => {
+            Scenario::Rolling | Scenario::RedisRestart => {
                 // Terminating: out of the endpoints, then preStop, then SIGTERM.
-                nginx.set_upstreams(&endpoints).await?;
+                proxy.take_out(old.addr).await?;
                 tokio::time::sleep(o.pre_stop).await;
                 old.terminate(kill_at).await
             }
             Scenario::Race => {
                 // SIGTERM while the proxy still routes to the old instance.
+                let old_addr = old.addr;
                 let exit = tokio::spawn(old.terminate(kill_at));
                 tokio::time::sleep(o.endpoint_lag).await;
-                nginx.set_upstreams(&endpoints).await?;
+                proxy.take_out(old_addr).await?;
                 exit.await.map_err(|e| format!("{old_label}: {e}"))?
             }
         };
@@ -422,22 +579,64 @@ async fn run(o: Options, files: u64) -> Result<bool, String> {
                 .map_err(|e| format!("a client panicked: {e}"))?,
         );
     }
+    // The producer stops; each live client ends once it has the last
+    // acknowledged hit; then an audit reads the log's whole epoch.
+    let feed = match producer {
+        None => None,
+        Some(producer) => {
+            let _ = stop_feed.send(true);
+            producer
+                .await
+                .map_err(|e| format!("the producer panicked: {e}"))?;
+            let mut clients = Vec::new();
+            for client in feed_clients {
+                clients.push(
+                    client
+                        .await
+                        .map_err(|e| format!("a live client panicked: {e}"))?,
+                );
+            }
+            let last = acked.lock().unwrap().last.clone();
+            let audit = client::run(client::Client {
+                target: target.clone(),
+                protocol: target.best(false),
+                path: "/api/v1/analytics/live".into(),
+                expect: live::LiveCheck::from_start(acked.clone()),
+                deadline: Instant::now() + Duration::from_secs(30),
+                stop: feed_stop.clone(),
+                resume_from: last.map(|l| format!("{}:0", l.epoch)),
+            })
+            .await;
+            Some(Feed {
+                clients,
+                audit,
+                acked: acked.clone(),
+                redis_restart,
+            })
+        }
+    };
     let page = match browser {
         Some(page) => Some(page.result(&browser_reference.rows).await),
         None => None,
     };
-    let access_log = nginx.access_log();
+    // The last streams end here, so the proxy has logged them all.
     for instance in live {
         instance.terminate(Instant::now() + termination_grace).await;
     }
-    nginx.stop().await;
+    let requests = proxy.requests();
+    proxy.stop().await;
+    if let Some(redis) = redis.as_mut() {
+        redis.stop().await;
+    }
 
     let ok = print_results(
         &o,
+        P::NAME,
         &steps,
         &outcomes,
+        feed.as_ref(),
         page.as_ref(),
-        &access_log,
+        &requests,
         run_start,
         deploy_time,
     );
@@ -457,7 +656,7 @@ async fn start_download(
     o: &Options,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     let run_for = match o.scenario {
-        Scenario::Rolling => o.pre_stop + o.download,
+        Scenario::Rolling | Scenario::RedisRestart => o.pre_stop + o.download,
         Scenario::Race => o.download,
     };
     let days = (run_for.as_millis() as u64)
@@ -470,8 +669,15 @@ async fn start_download(
             return Ok(());
         }
         let path = format!("/api/v1/analytics/export?report=download&days={days}");
-        let (status, body) =
-            http::get_with(addr, &path, Duration::from_secs(600), Some(headers)).await?;
+        let (status, body) = http::send(
+            &Target::plain(addr),
+            "GET",
+            &path,
+            None,
+            Duration::from_secs(600),
+            Some(headers),
+        )
+        .await?;
         let rows = body.lines().count().saturating_sub(1);
         match (status, rows == days as usize * 5) {
             (200, true) => Ok(()),
@@ -487,12 +693,15 @@ async fn start_download(
 
 /// The table and the final line; true when nothing was lost, duplicated or
 /// refused, no instance was killed and the page completed its report.
+#[allow(clippy::too_many_arguments)]
 fn print_results(
     o: &Options,
+    proxy: &str,
     steps: &[Step],
     outcomes: &[client::Outcome],
+    feed: Option<&Feed>,
     page: Option<&Result<browser::PageResult, String>>,
-    access_log: &str,
+    requests: &[Logged],
     run_start: Instant,
     deploy_time: Duration,
 ) -> bool {
@@ -525,25 +734,31 @@ fn print_results(
     let corrupt = sum(|c| c.corrupt);
     let reconnects = sum(|c| c.reconnects as u64);
     let notices = sum(|c| c.notices as u64);
+    let resets = sum(|c| c.resets as u64);
     let notice_only = sum(|c| c.notice_only as u64);
     let cut = sum(|c| c.cut as u64);
     let completed = outcomes.iter().filter(|c| c.completed).count();
     let crossed = outcomes.iter().filter(|c| c.notices > 0).count();
+    // Report and live clients alike: errors, the successors' load, the gaps.
+    let all: Vec<&client::Outcome> = outcomes
+        .iter()
+        .chain(feed.iter().flat_map(|f| &f.clients))
+        .collect();
     let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in outcomes {
+    for c in &all {
         if let Some(e) = &c.client_error {
             *errors.entry(e.as_str()).or_default() += 1;
         }
     }
     let client_errors: usize = errors.values().sum();
     let mut per_second: BTreeMap<u64, u64> = BTreeMap::new();
-    for t in outcomes.iter().flat_map(|c| &c.reconnect_times) {
+    for t in all.iter().flat_map(|c| &c.reconnect_times) {
         *per_second
             .entry(t.duration_since(run_start).as_secs())
             .or_default() += 1;
     }
     let peak = per_second.values().copied().max().unwrap_or(0);
-    let mut gaps: Vec<u128> = outcomes
+    let mut gaps: Vec<u128> = all
         .iter()
         .filter(|c| !c.max_gap.is_zero())
         .map(|c| c.max_gap.as_millis())
@@ -558,26 +773,21 @@ fn print_results(
     let sigkills = steps.iter().filter(|s| s.exit.killed).count();
     let bad_downloads = steps.iter().filter(|s| s.download.is_err()).count();
 
-    // What nginx saw: 503s it retried on another instance, and answers
-    // other than 200 that reached a client.
-    let (mut retried_503, mut passed_on) = (0, BTreeMap::<&str, usize>::new());
-    for line in access_log
-        .lines()
-        .filter(|l| l.contains("/api/v1/analytics/stream"))
-    {
-        let status = line.split(' ').nth(1).unwrap_or("?");
-        let up_status = line
-            .split(" up_status=")
-            .nth(1)
-            .and_then(|r| r.split(" last_event_id").next())
-            .unwrap_or("");
-        if up_status.contains("503") && status == "200" {
-            retried_503 += 1;
-        }
-        if status != "200" {
-            *passed_on.entry(status).or_default() += 1;
-        }
+    // What the proxy saw: stream requests it retried on another instance,
+    // and answers other than 200 that reached a client.
+    let streams: Vec<&Logged> = requests
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v1/analytics/stream"))
+        .collect();
+    let retried = streams
+        .iter()
+        .filter(|r| r.tries > 1 && r.status == 200)
+        .count();
+    let mut passed_on = BTreeMap::<u16, usize>::new();
+    for r in streams.iter().filter(|r| r.status != 200) {
+        *passed_on.entry(r.status).or_default() += 1;
     }
+    let h2_clients = outcomes.len().div_ceil(2) * usize::from(o.tls);
 
     println!("\nclients:");
     println!("| measure | value |");
@@ -586,6 +796,10 @@ fn print_results(
         (
             "clients (completed / crossed a restart)",
             format!("{} ({completed} / {crossed})", outcomes.len()),
+        ),
+        (
+            "clients over HTTP/2 (TLS)",
+            format!("{h2_clients} of {}", outcomes.len()),
         ),
         ("report events delivered once, in order", events.to_string()),
         ("lost", lost.to_string()),
@@ -598,16 +812,20 @@ fn print_results(
         ("reconnects", reconnects.to_string()),
         ("shutdown notices received", notices.to_string()),
         (
+            "reset events (the server's history was lost)",
+            resets.to_string(),
+        ),
+        (
             "answers that were the notice alone (a draining instance)",
             notice_only.to_string(),
         ),
         ("streams cut without a notice", cut.to_string()),
         (
-            "503s nginx retried on another instance",
-            retried_503.to_string(),
+            "stream requests the proxy retried on another instance",
+            retried.to_string(),
         ),
         (
-            "non-200 stream answers nginx passed on",
+            "non-200 stream answers the proxy passed on",
             if passed_on.is_empty() {
                 "0".into()
             } else {
@@ -633,10 +851,12 @@ fn print_results(
         None => true,
         Some(Ok(p)) => {
             println!(
-                "browser page: {} rows, {} restart(s), {} failed reconnect(s), states {}: {}",
+                "browser page: {} rows, {} restart(s), {} failed reconnect(s), protocols {:?}, \
+                 states {}: {}",
                 p.rows,
                 p.restarts,
                 p.reconnects,
+                p.protocols,
                 p.states.join(" > "),
                 if p.ok {
                     "complete, every row once, in order"
@@ -651,14 +871,35 @@ fn print_results(
             false
         }
     };
-    println!(
-        "\nrolling deploy: clients={} events={events} lost={lost} duplicated={duplicated} \
-         client_errors={client_errors} reconnects={reconnects} peak_reconnects_per_s={peak} \
-         max_gap_ms={max_gap} deploy_s={:.1}",
-        outcomes.len(),
-        deploy_time.as_secs_f64()
-    );
+    let page_restarts = match page {
+        Some(Ok(p)) => p.restarts,
+        _ => 0,
+    };
+    let page_h2 = page.is_some() && o.tls && {
+        let ok = page_on_one_h2_connection(requests);
+        println!(
+            "browser page over TLS: {}",
+            ok.as_ref().unwrap_or_else(|e| e)
+        );
+        ok.is_ok()
+    };
     let mut failures = Vec::new();
+    let live_line = match feed {
+        None => String::new(),
+        Some(feed) => live_results(o, feed, &mut failures),
+    };
+    println!(
+        "\nrolling deploy: proxy={}{} clients={} events={events} lost={lost} \
+         duplicated={duplicated} client_errors={client_errors} reconnects={reconnects} \
+         peak_reconnects_per_s={peak} max_gap_ms={max_gap} deploy_s={:.1}{live_line} \
+         gap_p50_ms={} gap_p99_ms={}",
+        proxy.to_lowercase(),
+        if o.tls { "+tls" } else { "" },
+        outcomes.len(),
+        deploy_time.as_secs_f64(),
+        pct(50),
+        pct(99),
+    );
     if lost + duplicated + corrupt > 0 || client_errors > 0 {
         failures.push("events lost, duplicated or corrupt, or client errors".to_owned());
     }
@@ -679,6 +920,16 @@ fn print_results(
     if !page_ok {
         failures.push("the browser page did not complete its report".into());
     }
+    if page.is_some() && page_restarts == 0 && o.replacements > 0 {
+        failures.push(
+            "the browser page crossed no restart, so its resume went untested: make the \
+             report longer (--days, --interval-ms)"
+                .into(),
+        );
+    }
+    if page.is_some() && o.tls && !page_h2 {
+        failures.push("the page's streams did not share one HTTP/2 connection".into());
+    }
     if crossed == 0 && o.replacements > 0 {
         failures.push(
             "no client streamed across a restart: make the reports longer (--days, --interval-ms)"
@@ -689,4 +940,151 @@ fn print_results(
         eprintln!("FAILED: {f}");
     }
     failures.is_empty()
+}
+
+/// Every request of the page went over HTTP/2, and its report and realtime
+/// streams shared a connection (a browser multiplexes one origin's streams
+/// on one). nginx's reload closes a connection gracefully (GOAWAY) when its
+/// streams end, so the page may use more than one over the deploy.
+fn page_on_one_h2_connection(requests: &[Logged]) -> Result<String, String> {
+    let page: Vec<&Logged> = requests.iter().filter(|r| r.browser).collect();
+    let not_h2: Vec<&str> = page
+        .iter()
+        .filter(|r| r.protocol != "HTTP/2.0")
+        .map(|r| r.protocol.as_str())
+        .collect();
+    if page.is_empty() || !not_h2.is_empty() {
+        return Err(format!(
+            "{} requests logged for the page, {} not over HTTP/2 ({not_h2:?})",
+            page.len(),
+            not_h2.len()
+        ));
+    }
+    let on = |prefix: &str| -> std::collections::BTreeSet<&str> {
+        page.iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .map(|r| r.connection.as_str())
+            .collect()
+    };
+    let (report, realtime) = (
+        on("/api/v1/analytics/stream"),
+        on("/api/v1/analytics/realtime"),
+    );
+    let connections: std::collections::BTreeSet<&str> =
+        page.iter().map(|r| r.connection.as_str()).collect();
+    let shared = report.intersection(&realtime).count();
+    let summary = format!(
+        "{} requests, all HTTP/2, on {} connection(s); report streams on {:?}, realtime on {:?}",
+        page.len(),
+        connections.len(),
+        report,
+        realtime
+    );
+    if shared > 0 {
+        Ok(format!("{summary}: report and realtime streams shared one"))
+    } else {
+        Err(format!("{summary}: never on the same connection"))
+    }
+}
+
+/// The live feed's table; its part of the final line. Fails the run when a
+/// live client lost, duplicated or misread a hit, did not catch up, or got
+/// a reset it should not have (none, or exactly one each when Redis
+/// restarted empty), or when the log lost an acknowledged hit.
+fn live_results(o: &Options, feed: &Feed, failures: &mut Vec<String>) -> String {
+    let sum = |f: fn(&client::Outcome) -> u64| feed.clients.iter().map(f).sum::<u64>();
+    let (events, lost, duplicated) = (sum(|c| c.delivered), sum(|c| c.lost), sum(|c| c.duplicated));
+    let (corrupt, resets, gone) = (
+        sum(|c| c.corrupt),
+        sum(|c| c.resets as u64),
+        sum(|c| c.gone_with_log),
+    );
+    let reconnects = sum(|c| c.reconnects as u64);
+    let behind = feed.clients.iter().filter(|c| !c.completed).count();
+    let acked = feed.acked.lock().unwrap();
+    let final_epoch = acked.last.as_ref().map(|l| l.epoch.clone());
+    let before_restart = acked
+        .ids
+        .iter()
+        .filter(|id| Some(&id.epoch) != final_epoch.as_ref())
+        .count();
+    let audit = &feed.audit;
+    let hits_lost = audit.lost + audit.corrupt + audit.duplicated;
+    println!("\nlive feed:");
+    println!("| measure | value |");
+    println!("|---|---|");
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "hits acknowledged by collect (refused or unanswered)",
+            format!("{} ({})", acked.ids.len(), acked.refused),
+        ),
+        (
+            "live clients (caught up at the end)",
+            format!("{} ({})", feed.clients.len(), feed.clients.len() - behind),
+        ),
+        ("hits delivered once, in log order", events.to_string()),
+        ("lost", lost.to_string()),
+        ("duplicated", duplicated.to_string()),
+        ("corrupt (unknown id, other path)", corrupt.to_string()),
+        ("resets", resets.to_string()),
+        (
+            "acknowledged, then gone with the log (after the last received before a reset)",
+            gone.to_string(),
+        ),
+        ("reconnects", reconnects.to_string()),
+        (
+            "audit: the final epoch replayed from its start",
+            format!(
+                "{} hits, {} acknowledged ones missing",
+                audit.delivered, audit.lost
+            ),
+        ),
+        (
+            "acknowledged before Redis restarted empty (not in the final epoch)",
+            before_restart.to_string(),
+        ),
+    ];
+    for (name, value) in rows {
+        println!("| {name} | {value} |");
+    }
+    if lost + duplicated + corrupt > 0 {
+        failures.push("live hits lost, duplicated or corrupt".into());
+    }
+    if behind > 0 {
+        failures.push(format!(
+            "{behind} live client(s) never caught up with the last hit"
+        ));
+    }
+    if hits_lost > 0 || !audit.completed {
+        failures.push(format!(
+            "the log lost {hits_lost} acknowledged hit(s) (audit complete: {})",
+            audit.completed
+        ));
+    }
+    if acked.ids.is_empty() {
+        failures.push("no hit was acknowledged".into());
+    }
+    match feed.redis_restart {
+        Some(_) => {
+            let not_one = feed.clients.iter().filter(|c| c.resets != 1).count();
+            if not_one > 0 {
+                failures.push(format!(
+                    "{not_one} live client(s) did not get exactly one reset when Redis restarted"
+                ));
+            }
+        }
+        None if resets > 0 => failures.push(format!("{resets} reset(s) with no log lost")),
+        None => {}
+    }
+    if o.scenario != Scenario::RedisRestart && before_restart > 0 {
+        failures.push(format!(
+            "{before_restart} acknowledged hit(s) of an epoch the log no longer has"
+        ));
+    }
+    format!(
+        " live_clients={} live_events={events} live_lost={lost} live_duplicated={duplicated} \
+         live_resets={resets} hits_acked={} hits_lost={hits_lost}",
+        feed.clients.len(),
+        acked.ids.len()
+    )
 }

@@ -1,8 +1,9 @@
 //! The expected reports: fetched once, in one stream each, from a reference
 //! instance that sends them without pause. The report is a pure function of
-//! its parameters, so every instance sends the same events.
+//! its parameters, so every instance sends the same events. [`ReportCheck`]
+//! is a report client's expectation.
 
-use crate::client::{Event, Parser};
+use crate::client::{Event, Expect, Outcome, Parser};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode, header};
@@ -11,6 +12,7 @@ use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     net::SocketAddr,
+    sync::Arc,
 };
 use tokio::net::TcpStream;
 
@@ -55,6 +57,44 @@ impl Reference {
     }
 }
 
+/// Every event of the report exactly once, in order, then `complete`.
+pub struct ReportCheck {
+    reference: Arc<Reference>,
+    /// Index in the reference of the next expected event.
+    next: usize,
+}
+
+impl ReportCheck {
+    pub fn new(reference: Arc<Reference>) -> Self {
+        Self { reference, next: 0 }
+    }
+}
+
+impl Expect for ReportCheck {
+    /// The event must be the next one the report holds.
+    fn event(&mut self, event: &Event, out: &mut Outcome) -> bool {
+        match self.reference.index(&event.last_event_id) {
+            Some(i) if !self.reference.matches(i, event) => out.corrupt += 1,
+            Some(i) if i == self.next => {
+                out.delivered += 1;
+                self.next += 1;
+            }
+            Some(i) if i < self.next => out.duplicated += 1,
+            Some(i) => {
+                out.lost += (i - self.next) as u64;
+                out.delivered += 1;
+                self.next = i + 1;
+            }
+            None => out.corrupt += 1,
+        }
+        event.event == "complete"
+    }
+
+    fn finish(&mut self, out: &mut Outcome) {
+        out.lost += (self.reference.len() - self.next) as u64;
+    }
+}
+
 fn digest(event: &Event) -> u64 {
     let mut h = DefaultHasher::new();
     (&event.event, &event.data).hash(&mut h);
@@ -92,5 +132,44 @@ pub async fn fetch(addr: SocketAddr, path: &str) -> Result<Reference, String> {
     match events.last() {
         Some(last) if last.event == "complete" => Ok(Reference::new(events)),
         _ => Err(fail(&"ended before its `complete` event")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_lost_duplicated_and_corrupt() {
+        let reference = Reference::new(
+            (0..4)
+                .map(|i| Event {
+                    last_event_id: i.to_string(),
+                    event: "result".into(),
+                    data: format!("d{i}"),
+                })
+                .collect(),
+        );
+        let mut check = ReportCheck::new(Arc::new(reference));
+        let mut out = Outcome::default();
+        for (id, data) in [
+            ("0", "d0"),
+            ("1", "d1"),
+            ("1", "d1"),
+            ("3", "d3"),
+            ("2", "x"),
+        ] {
+            let event = Event {
+                last_event_id: id.into(),
+                event: "result".into(),
+                data: data.into(),
+            };
+            check.event(&event, &mut out);
+        }
+        check.finish(&mut out);
+        assert_eq!(
+            (out.delivered, out.duplicated, out.lost, out.corrupt),
+            (3, 1, 1, 1)
+        );
     }
 }

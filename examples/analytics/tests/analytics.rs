@@ -570,6 +570,15 @@ async fn browser_page_survives_a_restart() {
         .filter(|n| n.starts_with("Server restarting"))
         .collect();
     assert_eq!(lines, [message], "the notice line shows one delay");
+    assert!(
+        result["noticeLines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("No answer from the server")),
+        "while the page backs off, the notice line says so: {}",
+        result["noticeLines"]
+    );
     let countdown: Vec<f64> = result["badges"]
         .as_array()
         .unwrap()
@@ -599,7 +608,7 @@ async fn browser_page_survives_a_restart() {
     };
     let back = after(&report_attempts, "notice") - ms(&notice["at"]);
     assert!(
-        back >= delay - 5.0 && back < delay + 400.0,
+        back >= delay - 5.0 && back < delay + 1000.0,
         "the report came back {back} ms after a notice that asked {delay} ms"
     );
     let realtime_back = after(&records("attempts", "realtime"), "notice");
@@ -611,7 +620,9 @@ async fn browser_page_survives_a_restart() {
 
     // The server down: each retry waits between half and all of its
     // back-off step (200 ms doubling, capped at 1.6 s), plus the time a
-    // connection takes to fail; so the spacing grows and stays under the cap.
+    // connection takes to fail (a second of slack for a loaded machine: an
+    // uncapped back-off still breaks it by the 6th retry, 3.2 s or more);
+    // so the spacing grows and stays under the cap.
     let notice_at = report_attempts
         .iter()
         .position(|a| a["after"] == "notice")
@@ -628,14 +639,15 @@ async fn browser_page_survives_a_restart() {
     for (i, gap) in gaps.iter().enumerate() {
         let step = (BASE_MS * 2f64.powi(i as i32)).min(CAP_MS);
         assert!(
-            *gap >= step / 2.0 - 5.0 && *gap <= step + 300.0,
+            *gap >= step / 2.0 - 5.0 && *gap <= step + 1000.0,
             "retry {} came {gap} ms after the last, outside {}..={step} ms: {gaps:?}",
             i + 1,
             step / 2.0
         );
     }
+    // Up to the cap, each step's least is the last step's most.
     assert!(
-        gaps.windows(2).all(|w| w[1] >= w[0] - 50.0),
+        gaps[..4].windows(2).all(|w| w[1] >= w[0] - 50.0),
         "the spacing grows: {gaps:?}"
     );
     assert!(

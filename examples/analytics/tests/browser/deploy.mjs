@@ -1,5 +1,11 @@
 // Drives the analytics page in headless Chromium through a rolling deploy
-// behind nginx (used by scripts/rolling-deploy, see deploy/src/browser.rs).
+// behind nginx or HAProxy (used by scripts/rolling-deploy, see
+// deploy/src/browser.rs). An https:// URL is the proxy with --tls: its
+// certificate comes from the run's own CA, which this throwaway profile is
+// told to accept (Playwright's ignoreHTTPSErrors, i.e.
+// --ignore-certificate-errors); the connection is HTTP/2 all the same. The
+// User-Agent ends in "rolling-deploy-page" so the proxy's log tells the
+// page's requests apart (the driver checks they shared one HTTP/2 connection).
 //
 // Usage: node deploy.mjs <page url> <deadline ms>
 // One line each on stdout:
@@ -12,7 +18,12 @@ import { launch } from "./chromium.mjs";
 const [url, deadlineMs] = process.argv.slice(2);
 const browser = await launch();
 try {
-  const page = await browser.newPage({ viewport: { width: 1000, height: 900 } });
+  const context = await browser.newContext({
+    viewport: { width: 1000, height: 900 },
+    ignoreHTTPSErrors: url.startsWith("https:"),
+    userAgent: `Mozilla/5.0 Chromium/${browser.version()} rolling-deploy-page`,
+  });
+  const page = await context.newPage();
   page.on("console", (msg) => console.log(`console: ${msg.text()}`));
   page.on("pageerror", (err) => console.log(`pageerror: ${err}`));
   await page.goto(url);
@@ -35,6 +46,8 @@ try {
     restarts: window.report.restarts,
     reconnects: window.report.reconnects,
     stateText: document.getElementById("state").textContent,
+    // The protocol of every request that has ended (Resource Timing).
+    protocols: [...new Set(performance.getEntriesByType("resource").map((e) => e.nextHopProtocol))],
   }));
   console.log(`RESULT ${JSON.stringify({ ...result, states })}`);
 } finally {

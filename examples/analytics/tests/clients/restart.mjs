@@ -2,11 +2,13 @@
 // the `eventsource` package (WHATWG EventSource for Node) and
 // @microsoft/fetch-event-source driven by the README's lines
 // (./fetch-event-source.mjs). Both read one report; midway the server gets
-// SIGTERM, drains (each stream gets its shutdown notice) and exits, and a new
-// one starts on the same port. Each client must get the notice, come back
-// after the notice's delay (`retry:` for eventsource, `reconnect_delay` for
-// fetch-event-source) with the last event id it saw as Last-Event-ID, and get
-// every row of the report exactly once, in order.
+// SIGTERM, drains (each stream gets its shutdown notice) and exits; a new one
+// starts on the same port once each client has found nobody there a few
+// times. Each client must get the notice, come back after the notice's delay
+// (`retry:` for eventsource, `reconnect_delay` for fetch-event-source) with
+// the last event id it saw as Last-Event-ID, and get every row of the report
+// exactly once, in order. While nobody answers, eventsource retries every
+// `retry:` and the README's lines back off (500 ms doubling, with jitter).
 //
 // Usage: node restart.mjs <analytics binary>   (./scripts/test runs it)
 // Exits non-zero, saying why, when a client fails.
@@ -41,6 +43,7 @@ const ENV = {
   RUST_LOG: "info",
 };
 const DAYS = 40;
+const DOWN = 3;
 setTimeout(() => {
   console.error("clients: no result within 90 s");
   process.exit(1);
@@ -77,8 +80,12 @@ async function start() {
 function recorder(name) {
   const got = { name, requests: [], notices: [], rows: [], lastEventId: null, complete: null };
   got.fetch = (input, init) => {
-    got.requests.push({ at: Date.now(), lastEventId: new Headers(init?.headers).get("last-event-id") });
-    return fetch(input, init);
+    const request = { at: Date.now(), lastEventId: new Headers(init?.headers).get("last-event-id"), failed: false };
+    got.requests.push(request);
+    return fetch(input, init).catch((err) => {
+      request.failed = true;
+      throw err;
+    });
   };
   got.event = (id, event, data) => {
     if (event === "shutdown") {
@@ -144,6 +151,9 @@ try {
   await until("rows on both clients", () => clients.every((c) => c.rows.length >= 20));
   servers[0].child.kill("SIGTERM");
   assert.equal(await servers[0].exited, 0, `the first server's exit code; its log:\n${servers[0].logs()}`);
+  // Down until each client has failed DOWN times after the notice.
+  const failed = (c) => c.requests.filter((r) => r.failed).length;
+  await until(`${DOWN} failed requests on both clients`, () => clients.every((c) => failed(c) >= DOWN));
   servers.push(await start());
   await Promise.all(clients.map((c) => c.done));
 
@@ -162,10 +172,19 @@ try {
     assert.ok(waited >= notice.delay - 5 && waited < notice.delay + 1000, `back ${waited} ms after a notice that asked ${notice.delay} ms: ${why}`);
     assert.equal(back.lastEventId, notice.lastEventId, `resumes after the last event before the notice: ${why}`);
     assert.ok(got.requests.slice(1).every((r) => r.lastEventId !== null), `every reconnect sends Last-Event-ID: ${why}`);
+    // While nobody answered: the wait before each retry.
+    const down = got.requests.slice(notice.requestsBefore);
+    const gaps = down.slice(1).filter((_, i) => down[i].failed).map((r, i) => r.at - down[i].at);
+    assert.ok(gaps.length >= DOWN, `retries while down: ${why}`);
+    gaps.forEach((gap, i) => {
+      // eventsource: `retry:`, every time; the README's lines: half to all of 500 ms, doubling.
+      const [least, most] = got.name === "eventsource" ? [notice.delay, notice.delay] : [250 * 2 ** i, 500 * 2 ** i];
+      assert.ok(gap >= least - 5 && gap <= most + 300, `${got.name}: retry ${i + 1} after ${gap} ms, outside ${least}..=${most}: ${why}`);
+    });
     assert.deepEqual(got.rows, reference.rows, `${got.name}: every row exactly once, in order`);
     console.log(
       `clients: ${got.name}: ${got.rows.length} rows, exactly once and in order; notice after event ${notice.lastEventId}, ` +
-        `back after ${waited} ms (asked ${notice.delay} ms), ${got.requests.length} request(s)`,
+        `back after ${waited} ms (asked ${notice.delay} ms), then nobody there: retries ${gaps.join(", ")} ms apart; ${got.requests.length} request(s)`,
     );
   }
 } finally {
