@@ -291,6 +291,37 @@ async fn a_resume_after_trimmed_history_gets_one_reset_then_live() {
     }
 }
 
+/// `LIVE_HISTORY=1s`: hits older than a second are trimmed (by the append
+/// in process, by the reader on Redis), and a resume after one says so.
+#[tokio::test]
+async fn an_age_bound_history_is_trimmed_by_age() {
+    for backend in [Backend::InProcess, Backend::Redis] {
+        let (server, _redis) = start(backend, &[("LIVE_HISTORY", "1s")]).await;
+        let addr = server.addr;
+        let first = hit(addr, "google", "/first").await;
+        let second = hit(addr, "google", "/second").await;
+        // Covered while young.
+        let mut young = sse_with(addr, LIVE, &[("last-event-id", &first)]).await;
+        assert_eq!(hits_until(&mut young, "/second").await, vec![second]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            hit(addr, "bing", "/later").await;
+            let mut events = sse_with(addr, LIVE, &[("last-event-id", &first)]).await;
+            let event = next(&mut events).await;
+            if event.event == "reset" {
+                assert!(event.data.contains(r#""reason":"trimmed""#), "{event:?}");
+                break;
+            }
+            assert_eq!(event.event, "hit");
+            assert!(
+                Instant::now() < deadline,
+                "{backend:?}: never trimmed by age"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// An id that cannot be parsed, or from a past epoch of the in-process log
 /// (another process): one reset (never a 400, fatal to an `EventSource`),
 /// then live.

@@ -244,11 +244,15 @@ impl Inner {
             let _ = self.tx.send(Broadcast::Epoch(read.epoch));
             return here;
         }
+        let mut last = last;
         if read.trimmed {
             tracing::warn!(after = %last, "live feed: the reader fell behind the history");
             let _ = self.tx.send(Broadcast::Gap);
+            // Nothing left after it at all: on from the end.
+            if read.entries.is_empty() {
+                last = read.last;
+            }
         }
-        let mut last = last;
         for entry in &read.entries {
             last = entry.position;
             let _ = self

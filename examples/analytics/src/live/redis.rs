@@ -6,7 +6,10 @@
 //! - The history after a position is `XRANGE live:hits (0-<n> + COUNT k`.
 //! - The one reader per instance waits with `XREAD BLOCK` on a connection
 //!   of its own (a blocking command would hold up everything else queued on
-//!   a shared one), then reads as above.
+//!   a shared one), then reads as above; at start and after an error it
+//!   reads first, since a Redis restarted empty numbers from 1 again, below
+//!   the reader's position, where `XREAD` would not wake for it. A flush
+//!   without a restart is seen when the `XREAD` times out (2 s).
 //! - The epoch is the key `live:epoch`, set once with `SET live:epoch
 //!   <random> NX` (Centrifugo's approach): a Redis restarted empty, or
 //!   flushed, has none, so the next command sets a new one and every id of
@@ -53,6 +56,10 @@ pub struct RedisLog {
     blocking: ConnectionManager,
     /// When the reader last trimmed an age-bound history.
     trimmed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The reader reads before it blocks: at start and after an error (a
+    /// Redis restarted empty numbers from 1 again, below the reader's
+    /// position, where `XREAD` would not see it).
+    recheck: std::sync::atomic::AtomicBool,
 }
 
 impl RedisLog {
@@ -75,6 +82,7 @@ impl RedisLog {
             commands: manager(config.clone())?,
             blocking: manager(config.set_response_timeout(Some(BLOCK + Duration::from_secs(2))))?,
             trimmed_at: std::sync::Mutex::new(None),
+            recheck: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -129,6 +137,39 @@ impl RedisLog {
 }
 
 impl RedisLog {
+    /// [`Log::tail`]: waits with `XREAD BLOCK` for an entry after `after`,
+    /// then reads. First reads at once when asked to recheck (see
+    /// `recheck`).
+    async fn wait(&self, epoch: &str, after: Position, limit: usize) -> Result<Read, LogError> {
+        if let History::Age(age) = self.history {
+            self.trim_by_age(age).await?;
+        }
+        if self
+            .recheck
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            let read = self.read(after, Some(limit)).await?;
+            if !read.entries.is_empty() || *read.epoch != *epoch || read.trimmed {
+                return Ok(read);
+            }
+        }
+        // A wake-up only: what is read is read again below, in one MULTI
+        // with the epoch, so that the epoch said is the entries' own.
+        let mut con = self.blocking.clone();
+        let _: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(format!("0-{after}"))
+            .query_async(&mut con)
+            .await
+            .map_err(unreachable)?;
+        self.read(after, Some(limit)).await
+    }
+
     /// Removes the hits older than `age`, at most once a [`TRIM_EVERY`].
     async fn trim_by_age(&self, age: Duration) -> Result<(), LogError> {
         {
@@ -208,29 +249,17 @@ impl Log for RedisLog {
 
     fn tail<'a>(
         &'a self,
-        _epoch: &'a str,
+        epoch: &'a str,
         after: Position,
         limit: usize,
     ) -> BoxFuture<'a, Result<Read, LogError>> {
         Box::pin(async move {
-            // A wake-up only: what is read is read again below, in one MULTI
-            // with the epoch, so that the epoch said is the entries' own.
-            let mut con = self.blocking.clone();
-            let _: Value = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1)
-                .arg("BLOCK")
-                .arg(BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(STREAM)
-                .arg(format!("0-{after}"))
-                .query_async(&mut con)
-                .await
-                .map_err(unreachable)?;
-            if let History::Age(age) = self.history {
-                self.trim_by_age(age).await?;
+            let read = self.wait(epoch, after, limit).await;
+            if read.is_err() {
+                self.recheck
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
-            self.read(after, Some(limit)).await
+            read
         })
     }
 
