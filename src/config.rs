@@ -26,7 +26,19 @@ const MAX_SECONDS: f64 = 86_400.0;
 /// and requests once it starts.
 ///
 /// Build one with [`Config::default`] or [`Config::from_env`] and the setters,
-/// then give it to [`DrainHandle::new`](crate::DrainHandle::new).
+/// then give it to [`DrainHandle::new`](crate::DrainHandle::new) (or
+/// [`DrainHandle::try_new`](crate::DrainHandle::try_new)). Each setter
+/// returns the new `Config` (`config.grace_period(x);` alone does nothing, and
+/// warns); the `get_*` methods read a setting back, as
+/// `std::process::Command`'s do.
+///
+/// # Durations
+///
+/// Every duration may be anything up to `Duration::MAX`, which means "as long
+/// as it takes": sums saturate, and an instant too far to represent is about
+/// thirty years away (tokio's own "never"). The notice carries the saturated
+/// delay. [`from_env`](Self::from_env) alone refuses values above a day, which
+/// are typos in an environment.
 ///
 /// ```
 /// use std::time::Duration;
@@ -38,6 +50,7 @@ const MAX_SECONDS: f64 = 86_400.0;
 /// assert_eq!(config.message_text(), "Server restarting, please reconnect in 5s");
 /// ```
 #[derive(Clone, Debug, PartialEq)]
+#[must_use = "a Config does nothing until given to DrainHandle::new; each setter returns the new one"]
 pub struct Config {
     pub(crate) grace_period: Duration,
     pub(crate) reconnect_delay: Duration,
@@ -52,7 +65,7 @@ pub struct Config {
 
 impl Default for Config {
     /// A 20 s grace period, a reconnect delay of 30 s plus up to 15 s of
-    /// jitter, every notice at once (no window), a 1 s linger, the seed's
+    /// jitter, every notice at once (no window), a 1 s linger, the default
     /// message, streams ended right after their notice, SSE requests rejected
     /// with a notice.
     fn default() -> Self {
@@ -103,7 +116,9 @@ impl Config {
         if let Some(window) = env_seconds(NOTICE_WINDOW_ENV)? {
             config.notice_window = window;
         }
-        config.validate()?;
+        // Only a window from the environment can be refused here (the
+        // default has none): name the variables, the knobs to turn.
+        config.check_window(NOTICE_WINDOW_ENV, GRACE_PERIOD_ENV)?;
         Ok(config)
     }
 
@@ -118,8 +133,9 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming `SHUTDOWN_NOTICE_WINDOW`, both variables'
-    /// values and why.
+    /// A [`ConfigError`] naming the setters (`Config::notice_window`,
+    /// `Config::grace_period`), both values and why; from
+    /// [`from_env`](Self::from_env), the variables a value came from.
     ///
     /// ```
     /// use std::time::Duration;
@@ -128,21 +144,29 @@ impl Config {
     /// let config = Config::default().notice_window(Duration::from_secs(20));
     /// assert_eq!(
     ///     config.validate().unwrap_err().to_string(),
-    ///     "invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, \
-    ///      SHUTDOWN_GRACE_PERIOD=\"20\"; make the window shorter or the grace period longer"
+    ///     "invalid Config::notice_window=\"20\": must end before the grace period, \
+    ///      Config::grace_period=\"20\"; make the window shorter or the grace period longer"
     /// );
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_window("Config::notice_window", "Config::grace_period")
+    }
+
+    fn check_window(
+        &self,
+        window_name: &'static str,
+        grace_name: &'static str,
+    ) -> Result<(), ConfigError> {
         // A grace period of `Duration::MAX` never ends: any window fits.
         if !self.notice_window.is_zero()
             && self.notice_window >= self.grace_period
             && self.grace_period != Duration::MAX
         {
             return Err(ConfigError::new(
-                NOTICE_WINDOW_ENV,
+                window_name,
                 seconds(self.notice_window),
                 format!(
-                    "must end before the grace period, {GRACE_PERIOD_ENV}={:?}; \
+                    "must end before the grace period, {grace_name}={:?}; \
                      make the window shorter or the grace period longer",
                     seconds(self.grace_period)
                 ),
@@ -263,6 +287,62 @@ impl Config {
         self
     }
 
+    /// The [grace period](Self::grace_period).
+    #[must_use]
+    pub fn get_grace_period(&self) -> Duration {
+        self.grace_period
+    }
+
+    /// The [reconnect delay](Self::reconnect_delay).
+    #[must_use]
+    pub fn get_reconnect_delay(&self) -> Duration {
+        self.reconnect_delay
+    }
+
+    /// The [linger](Self::linger).
+    #[must_use]
+    pub fn get_linger(&self) -> Duration {
+        self.linger
+    }
+
+    /// The [reconnect jitter](Self::reconnect_jitter).
+    #[must_use]
+    pub fn get_reconnect_jitter(&self) -> Duration {
+        self.reconnect_jitter
+    }
+
+    /// The [notice window](Self::notice_window).
+    #[must_use]
+    pub fn get_notice_window(&self) -> Duration {
+        self.notice_window
+    }
+
+    /// The [seed](Self::seed), if one was set.
+    #[must_use]
+    pub fn get_seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    /// The [message](Self::message), if one was set (see
+    /// [`message_text`](Self::message_text) for the text sent).
+    #[must_use]
+    pub fn get_message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+
+    /// Whether a stream [ends after its notice](Self::end_after_notice).
+    #[must_use]
+    pub fn get_end_after_notice(&self) -> bool {
+        self.end_after_notice
+    }
+
+    /// Whether an SSE request is
+    /// [rejected with a notice](Self::sse_rejection_as_notice).
+    #[must_use]
+    pub fn get_sse_rejection_as_notice(&self) -> bool {
+        self.sse_rejection_as_notice
+    }
+
     /// The message the shutdown event carries, for a stream whose delay is
     /// exactly [`reconnect_delay`](Self::reconnect_delay) (with jitter, the
     /// default message of each stream names its own delay).
@@ -356,7 +436,8 @@ pub(crate) fn parse_seconds(name: &'static str, value: &str) -> Result<Duration,
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// An invalid configuration value: names the variable, the value and why.
+/// An invalid configuration value: names the environment variable (or, for
+/// settings made in code, the `Config` setter), the value and why.
 ///
 /// ```standalone_crate
 /// # // SAFETY: this doctest runs alone in its own process.
@@ -387,7 +468,7 @@ impl ConfigError {
         }
     }
 
-    /// The variable at fault.
+    /// The environment variable or setter at fault.
     #[must_use]
     pub fn name(&self) -> &str {
         self.name
@@ -477,16 +558,16 @@ mod tests {
         assert_eq!(
             config(20_000, 20_000),
             Err(
-                "invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, \
-                 SHUTDOWN_GRACE_PERIOD=\"20\"; make the window shorter or the grace period longer"
+                "invalid Config::notice_window=\"20\": must end before the grace period, \
+                 Config::grace_period=\"20\"; make the window shorter or the grace period longer"
                     .into()
             )
         );
         assert_eq!(
             config(2500, 500),
             Err(
-                "invalid SHUTDOWN_NOTICE_WINDOW=\"2.5\": must end before the grace period, \
-                 SHUTDOWN_GRACE_PERIOD=\"0.5\"; make the window shorter or the grace period longer"
+                "invalid Config::notice_window=\"2.5\": must end before the grace period, \
+                 Config::grace_period=\"0.5\"; make the window shorter or the grace period longer"
                     .into()
             )
         );

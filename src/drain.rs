@@ -11,16 +11,23 @@ use std::{
 };
 use tokio::{sync::futures::OwnedNotified, time::Instant};
 
-/// The future returned by [`DrainHandle::drain`](crate::DrainHandle::drain):
-/// resolves to the drain's report when every response has ended or the grace
-/// period has run out.
+/// A drain's report, to come: returned by
+/// [`DrainHandle::drain`](crate::DrainHandle::drain), which starts the drain,
+/// and by [`DrainHandle::drained`](crate::DrainHandle::drained), which only
+/// waits for one.
+///
+/// Resolves to the report once every response has ended or the grace period
+/// has run out; completes immediately if the drain is already over, and
+/// waits for as long as no drain is started.
+///
+/// One type for both: what they wait for is the same report, and the
+/// [deadline](Self::deadline) is known to both once the drain has started.
 ///
 /// # Cancel safety
 ///
-/// Dropping it does not stop the drain; a new call to
-/// [`DrainHandle::drain`](crate::DrainHandle::drain) or
-/// [`DrainHandle::drained`](crate::DrainHandle::drained) returns a future of
-/// the same report.
+/// Dropping it does not stop the drain, and it holds no place in any queue
+/// that matters: it can be used in `tokio::select!` and made again; a new
+/// call returns a future of the same report.
 #[must_use = "the drain runs anyway; await this to get its report"]
 pub struct Drain {
     report: ReportWait,
@@ -33,21 +40,19 @@ impl Drain {
         }
     }
 
-    /// The drain's deadline: the end of the grace period plus the
-    /// [linger](crate::Config::linger). At this instant the layer's bodies
-    /// have long ended, and connections that still carry a response are
-    /// closed by [`GracefulIo`](crate::GracefulIo), the axum listener and the
-    /// hyper-util watcher.
+    /// The drain's deadline, once it has started (`None` before): the end of
+    /// the grace period plus the [linger](crate::Config::linger), saturated
+    /// (an instant too far to represent is about thirty years away). At this
+    /// instant the layer's bodies have long ended, and connections that still
+    /// carry a response are closed by [`GracefulIo`](crate::GracefulIo), the
+    /// axum listener and the hyper-util watcher.
     ///
     /// With any other server, bound each connection by it, for example with
-    /// `tokio::time::timeout_at(drain.deadline(), connection)`: a client that
-    /// stops reading then cannot keep the process alive.
+    /// `tokio::time::timeout_at(deadline, connection)`: a client that stops
+    /// reading then cannot keep the process alive.
     #[must_use]
-    pub fn deadline(&self) -> Instant {
-        self.report
-            .shared
-            .deadline()
-            .expect("a Drain exists only once its drain has started")
+    pub fn deadline(&self) -> Option<Instant> {
+        self.report.shared.deadline()
     }
 }
 
@@ -62,47 +67,7 @@ impl Future for Drain {
 impl fmt::Debug for Drain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Drain")
-            .field("deadline", &self.report.shared.deadline())
-            .field("report", &self.report.shared.report.get())
-            .finish()
-    }
-}
-
-/// The future returned by
-/// [`DrainHandle::drained`](crate::DrainHandle::drained): resolves to the
-/// report of the drain once it has finished, without starting one.
-///
-/// Completes immediately if the drain is already over; waits for as long as no
-/// drain is started.
-///
-/// # Cancel safety
-///
-/// Dropping it has no effect on the drain; it holds no place in any queue
-/// that matters, so it can be used in `tokio::select!` and created again.
-#[must_use = "futures do nothing unless polled"]
-pub struct Drained {
-    report: ReportWait,
-}
-
-impl Drained {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            report: ReportWait::new(shared),
-        }
-    }
-}
-
-impl Future for Drained {
-    type Output = DrainReport;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DrainReport> {
-        self.report.poll(cx)
-    }
-}
-
-impl fmt::Debug for Drained {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Drained")
+            .field("deadline", &self.deadline())
             .field("report", &self.report.shared.report.get())
             .finish()
     }

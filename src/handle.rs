@@ -1,18 +1,15 @@
 //! The public handle: starts the drain and watches its progress.
 
-use crate::{
-    Config, Drain, DrainReport, Drained, GracefulSseLayer, Metrics, metrics, shared::Shared,
-};
-use std::{
-    fmt,
-    sync::{Arc, atomic::Ordering},
-};
+use crate::{Config, ConfigError, Drain, DrainReport, GracefulSseLayer, metrics, shared::Shared};
+use std::{fmt, sync::Arc};
 
 /// A cheap, cloneable handle that starts the drain and watches its progress.
 ///
 /// Every clone, and every [`GracefulSseLayer`] made from one, shares the same
-/// state: the counts, the drain and its report. One handle can serve any number
-/// of layers (several routers, several servers); the drain covers them all.
+/// state: the counts, the drain and its report (cloning shares it
+/// deliberately, as cloning tower's `ConcurrencyLimitLayer` shares its
+/// semaphore). One handle can serve any number of layers (several routers,
+/// several servers); the drain covers them all.
 ///
 /// ```
 /// use tower_graceful_sse::{Config, DrainHandle};
@@ -37,21 +34,42 @@ pub struct DrainHandle {
 impl DrainHandle {
     /// A handle with the given settings; no drain has started.
     ///
+    /// A [`Config`] from [`Config::from_env`] is already validated: this
+    /// cannot panic on it. For settings built in code that may not fit
+    /// together, [`try_new`](Self::try_new) returns the error instead.
+    ///
     /// # Panics
     ///
     /// If the settings do not fit together (a notice window that does not end
     /// before the grace period), with the message of
     /// [`Config::validate`], which says which: a mistake in the code that
     /// builds the settings, found at start-up rather than at the drain.
-    /// [`Config::from_env`] already returns that error for the environment.
+    #[must_use]
     pub fn new(config: Config) -> Self {
-        if let Err(err) = config.validate() {
-            panic!("{err}");
-        }
+        Self::try_new(config).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    /// A handle with the given settings, or the error of
+    /// [`Config::validate`] if they do not fit together.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of [`Config::validate`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_graceful_sse::{Config, DrainHandle};
+    ///
+    /// let config = Config::default().notice_window(Duration::from_secs(30));
+    /// let err = DrainHandle::try_new(config).unwrap_err();
+    /// assert_eq!(err.name(), "Config::notice_window");
+    /// ```
+    pub fn try_new(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
         metrics::describe();
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared::new(config)),
-        }
+        })
     }
 
     /// A layer that counts its responses with this handle and obeys its drain.
@@ -106,8 +124,8 @@ impl DrainHandle {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future changes nothing.
-    pub fn drained(&self) -> Drained {
-        Drained::new(self.shared.clone())
+    pub fn drained(&self) -> Drain {
+        Drain::new(self.shared.clone())
     }
 
     /// Wraps an axum listener so that its connections are closed at the
@@ -166,7 +184,8 @@ impl DrainHandle {
     }
 
     /// The number of open `text/event-stream` responses that can receive the
-    /// shutdown frame.
+    /// shutdown frame (not compressed ones: see the crate docs' caveats).
+    /// The `sse_active_connections` gauge follows it.
     #[must_use]
     pub fn sse_streams(&self) -> usize {
         self.shared.state.sse()
@@ -186,26 +205,8 @@ impl DrainHandle {
     }
 
     /// The settings this handle was made with.
-    #[must_use]
     pub fn config(&self) -> &Config {
         &self.shared.config
-    }
-
-    /// A snapshot of the three metrics the seed design asks for.
-    #[must_use]
-    pub fn metrics(&self) -> Metrics {
-        Metrics {
-            sse_active_connections: self.sse_streams(),
-            sse_shutdown_duration_seconds: match (self.report(), self.shared.plan.get()) {
-                (Some(report), _) => Some(report.elapsed.as_secs_f64()),
-                (None, Some(plan)) => Some(plan.started.elapsed().as_secs_f64()),
-                (None, None) => None,
-            },
-            sse_force_closed_connections_total: self
-                .shared
-                .force_closed_total
-                .load(Ordering::Acquire),
-        }
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {

@@ -50,18 +50,36 @@
 //!   connection (cargo feature `hyper-util`); it also shuts the connection
 //!   down gracefully when the drain starts;
 //! - any other server: wrap each connection's IO in [`GracefulIo`], or bound
-//!   each connection with `tokio::time::timeout_at(drain.deadline(), conn)`.
+//!   each connection with `tokio::time::timeout_at(deadline, conn)`, where
+//!   `deadline` is [`Drain::deadline`].
+//!
+//! Connections wrapped after the drain's report (an accept loop goes on until
+//! the server stops) are cut at the deadline too, and one wrapped after the
+//! deadline fails at its first IO call.
 //!
 //! Healthy streams are not affected: they have had their notice and ended long
 //! before.
 //!
 //! # Metrics
 //!
-//! [`DrainHandle::metrics`] returns a snapshot of `sse_active_connections`,
-//! `sse_shutdown_duration_seconds` and `sse_force_closed_connections_total`.
-//! With the `metrics` cargo feature the crate also records them through the
-//! [`metrics`](https://docs.rs/metrics) facade, so any exporter installed by
-//! the application (Prometheus, StatsD, ...) sees them.
+//! With the `metrics` cargo feature the crate records three metrics through
+//! the [`metrics`](https://docs.rs/metrics) facade, so any exporter installed
+//! by the application (Prometheus, StatsD, ...) sees them. Their names are a
+//! contract, and they carry no label: the handles of one process add up.
+//!
+//! - `sse_active_connections` (gauge): open `text/event-stream` responses the
+//!   notice can enter, as [`DrainHandle::sse_streams`] counts them; a
+//!   compressed event stream (see the caveats) and any other body are not in
+//!   it (they are in [`DrainHandle::in_flight`]).
+//! - `sse_shutdown_duration_seconds` (gauge): how long the drain has run,
+//!   updated every second while it runs, final once it ends:
+//!   [`DrainReport::elapsed`].
+//! - `sse_force_closed_connections_total` (counter): responses of any kind
+//!   (SSE or not) still open at the end of a grace period and ended by the
+//!   layer: [`DrainReport::force_closed`], summed over drains.
+//!
+//! In code, read each figure in one place: the handle for what is open now,
+//! the report for what the drain did.
 //!
 //! # Caveats
 //!
@@ -76,6 +94,13 @@
 //!   [`DrainDeadline`], so the server aborts it (HTTP/1.1 closes the
 //!   connection without the final chunk, HTTP/2 resets the stream) and the
 //!   client reports a truncated transfer instead of taking it for a whole one.
+//! - A handler that resolves after the grace period (admitted before the
+//!   drain, slow to answer) gets its body ended at its first poll, as every
+//!   body still open then: an event stream gets its notice if it stands at a
+//!   boundary and ends cleanly, any other body, even a complete `Full`, is
+//!   cut with [`DrainDeadline`]: the layer cannot tell a body that would end
+//!   at once from one that would run on, and a grace period is the bound on
+//!   both.
 //! - [`DrainHandle::drain`] spawns the drain task: call it inside a Tokio
 //!   runtime.
 //!
@@ -122,7 +147,7 @@
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![warn(missing_docs, rust_2018_idioms)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![deny(unreachable_pub)]
 
 mod body;
@@ -155,7 +180,7 @@ pub use config::{
     Config, ConfigError, GRACE_PERIOD_ENV, LINGER_ENV, NOTICE_WINDOW_ENV, RECONNECT_DELAY_ENV,
     RECONNECT_JITTER_ENV,
 };
-pub use drain::{Drain, Drained};
+pub use drain::Drain;
 pub use error::{BoxError, DrainDeadline};
 pub use future::ResponseFuture;
 pub use handle::DrainHandle;
@@ -165,7 +190,7 @@ pub use layer::GracefulSseLayer;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use listener::GracefulListener;
 pub use priority::DrainPriority;
-pub use report::{DrainReport, Metrics};
+pub use report::DrainReport;
 pub use service::GracefulSse;
 #[cfg(feature = "hyper-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper-util")))]

@@ -25,7 +25,11 @@
 /// The window is split into one band per priority, each as wide as its share
 /// of the streams open when the drain starts: with every stream `Normal` the
 /// band is the whole window. See [`Config::notice_window`](crate::Config::notice_window).
+///
+/// More levels may come: the enum is `#[non_exhaustive]`, and
+/// [`ALL`](Self::ALL) is a slice.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum DrainPriority {
     /// Notified first: streams that lose least by moving early (dashboards,
     /// anonymous viewers).
@@ -40,7 +44,7 @@ pub enum DrainPriority {
 
 impl DrainPriority {
     /// Every level, lowest first.
-    pub const ALL: [Self; 3] = [Self::Low, Self::Normal, Self::High];
+    pub const ALL: &'static [Self] = &[Self::Low, Self::Normal, Self::High];
 
     /// The level's place in [`ALL`](Self::ALL).
     pub(crate) const fn index(self) -> usize {

@@ -1,4 +1,4 @@
-//! What a drain did, and the metrics snapshot.
+//! What a drain did.
 
 use crate::DrainPriority;
 use std::{fmt, time::Duration};
@@ -9,7 +9,10 @@ use std::{fmt, time::Duration};
 pub struct DrainReport {
     /// Responses in flight (SSE or not) when the drain started.
     pub in_flight: usize,
-    /// Of those, the open `text/event-stream` responses.
+    /// Of those, the `text/event-stream` responses the notice can enter:
+    /// those open when the drain started, and those whose handler resolved
+    /// after it (up to the report). Always `notified <= sse_streams <=
+    /// in_flight`.
     pub sse_streams: usize,
     /// Open SSE streams whose shutdown frame was handed to the server to
     /// write (rejected SSE requests, which get it too, count under
@@ -24,12 +27,14 @@ pub struct DrainReport {
     /// In-flight responses that ended within the grace period.
     pub closed: usize,
     /// Responses still open when the grace period ended, and ended by the
-    /// layer.
+    /// layer (SSE or not): what the `sse_force_closed_connections_total`
+    /// counter adds.
     pub force_closed: usize,
     /// Requests rejected since the drain started, up to the report.
     pub rejected: usize,
     /// From the start of the drain until the last response ended or the grace
-    /// period ran out.
+    /// period ran out: the final value of the `sse_shutdown_duration_seconds`
+    /// gauge.
     pub elapsed: Duration,
 }
 
@@ -58,17 +63,4 @@ impl fmt::Display for DrainReport {
             self.elapsed.as_secs_f64()
         )
     }
-}
-
-/// A snapshot of the metrics, named as in the seed design.
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct Metrics {
-    /// Open `text/event-stream` responses.
-    pub sse_active_connections: usize,
-    /// How long the drain has run so far, or took once it has finished;
-    /// `None` before it starts.
-    pub sse_shutdown_duration_seconds: Option<f64>,
-    /// Responses ended by the layer at the end of a grace period.
-    pub sse_force_closed_connections_total: u64,
 }

@@ -37,7 +37,7 @@ fn grace_period_comes_from_the_environment() {
             Err(format!("invalid SHUTDOWN_GRACE_PERIOD={bad:?}: {reason}"))
         );
     }
-    with_value(None).unwrap();
+    let _ = with_value(None).unwrap();
 
     // SAFETY: as above.
     unsafe { std::env::set_var(RECONNECT_DELAY_ENV, "5") };

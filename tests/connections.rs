@@ -158,7 +158,7 @@ async fn start(
 }
 
 /// `axum::serve` with a graceful shutdown once the drain has reported.
-fn serve_axum<L>(listener: L, app: Router, drained: tower_graceful_sse::Drained) -> JoinHandle<()>
+fn serve_axum<L>(listener: L, app: Router, drained: tower_graceful_sse::Drain) -> JoinHandle<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
@@ -514,7 +514,7 @@ async fn connection_wrapped_after_the_report_is_cut_at_the_deadline() {
             }
         };
         let drain = handle.drain();
-        let deadline = drain.deadline();
+        let deadline = drain.deadline().unwrap();
         let report = within(drain).await;
         assert_eq!(report.in_flight, 0);
         // Wrapped after the report, before the deadline: a client that sends

@@ -56,10 +56,6 @@ async fn two_hundred_idle_and_busy_streams_each_get_one_notice_then_end() {
     assert_eq!(report.rejected, 0);
     assert_eq!(handle.sse_streams(), 0);
     assert_eq!(handle.in_flight(), 0);
-    let metrics = handle.metrics();
-    assert_eq!(metrics.sse_active_connections, 0);
-    assert_eq!(metrics.sse_force_closed_connections_total, 0);
-    assert!(metrics.sse_shutdown_duration_seconds.is_some());
 }
 
 #[tokio::test]

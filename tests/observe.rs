@@ -10,6 +10,7 @@ use tower_graceful_sse::{Config, DrainHandle};
 #[tokio::test(start_paused = true)]
 async fn drained_waits_without_starting_and_completes_at_once_when_over() {
     let handle = DrainHandle::new(Config::default().grace_period(Duration::from_secs(5)));
+    assert_eq!(handle.drained().deadline(), None, "no drain yet");
     let watcher = tokio::spawn(handle.drained());
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert!(!handle.is_draining(), "watching started a drain");
@@ -19,6 +20,7 @@ async fn drained_waits_without_starting_and_completes_at_once_when_over() {
     assert_eq!(within(watcher).await.unwrap(), report);
     // Over: a new watcher completes on its first poll, with the same report.
     assert_eq!(handle.drained().now_or_never(), Some(report));
+    assert!(handle.drained().deadline().is_some());
     // Cancel safe: one dropped half-way changes nothing.
     drop(handle.drained());
     assert_eq!(handle.drained().await, report);
@@ -39,10 +41,12 @@ async fn drained_resolves_with_the_force_close_at_the_deadline() {
     let res = tower::ServiceExt::oneshot(service, http::Request::new(()))
         .await
         .unwrap();
+    let watcher_deadline = handle.drained().deadline();
     let watcher = tokio::spawn(handle.drained());
     let start = tokio::time::Instant::now();
     let drain = handle.drain();
-    assert_eq!(drain.deadline(), start + Duration::from_secs(6)); // + linger
+    assert_eq!(watcher_deadline, None, "no drain yet");
+    assert_eq!(drain.deadline(), Some(start + Duration::from_secs(6))); // + linger
     let mut body = res.into_body();
     let polled = tokio::spawn(async move {
         use http_body_util::BodyExt as _;

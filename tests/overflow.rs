@@ -35,7 +35,7 @@ async fn drain_one_stream(
 
     let drain = handle.drain();
     // Neither the deadline nor the `Debug` of the drain overflows.
-    let deadline = drain.deadline();
+    let deadline = drain.deadline().expect("started");
     assert!(deadline > tokio::time::Instant::now());
     let _ = format!("{drain:?} {handle:?}");
 
@@ -125,7 +125,10 @@ async fn reconnect_jitter_of_duration_max_is_sent_saturated() {
         .seed(1);
     let (notice, _) = drain_one_stream(config, true).await;
     let (retry, seconds) = delays(&notice);
-    assert!(retry >= base.as_millis() && retry <= MAX.as_millis(), "{retry}");
+    assert!(
+        retry >= base.as_millis() && retry <= MAX.as_millis(),
+        "{retry}"
+    );
     assert!(seconds >= base.as_secs_f64(), "{notice}");
 }
 

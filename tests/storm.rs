@@ -253,7 +253,7 @@ async fn drain_with_window(
     );
     let addr = serve(app(&handle));
     let mut tasks = Vec::new();
-    for priority in DrainPriority::ALL {
+    for &priority in DrainPriority::ALL {
         for busy in [false, true] {
             let path = match (busy, priority) {
                 (false, DrainPriority::High) => "/idle?high",
@@ -334,7 +334,7 @@ async fn a_window_spreads_the_notices_over_it_lowest_priority_first() {
     assert!(idle.len() >= 12, "{idle:?}");
 
     // The report agrees with the clients.
-    for p in DrainPriority::ALL {
+    for &p in DrainPriority::ALL {
         assert_eq!(report.notified_at(p), 10);
     }
     assert_eq!(report.notified, 30);
@@ -416,7 +416,7 @@ async fn h2c_streams_on_one_connection_are_spread_over_the_window() {
 
 #[test]
 #[should_panic(
-    expected = "invalid SHUTDOWN_NOTICE_WINDOW=\"20\": must end before the grace period, SHUTDOWN_GRACE_PERIOD=\"20\""
+    expected = "invalid Config::notice_window=\"20\": must end before the grace period, Config::grace_period=\"20\""
 )]
 fn a_window_that_does_not_end_before_the_grace_period_is_refused() {
     let _ = DrainHandle::new(Config::default().notice_window(Duration::from_secs(20)));

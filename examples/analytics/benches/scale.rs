@@ -28,9 +28,17 @@
 //! commit's, in place of this one's).
 //! Needs about N + 300 file descriptors in each process; each raises its
 //! soft limit itself.
+//!
+//! With `--live`, the live feed instead (`/api/v1/analytics/live`), once on
+//! the in-process log and once on a `redis-server` the bench starts (Debian's,
+//! on a free port, nothing saved), see [`live_bench`]. Run with:
+//! `cargo bench -p analytics --bench scale -- --live --clients 10000`
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/example/redis_server.rs"]
+mod redis_server;
 
 use common::swarm;
 
@@ -63,6 +71,8 @@ struct Args {
     interval_ms: u64,
     hold: Duration,
     rounds: usize,
+    /// The live feed's bench rather than the reports'.
+    live: bool,
 }
 
 impl Args {
@@ -73,6 +83,7 @@ impl Args {
             interval_ms: 1_000,
             hold: Duration::from_secs(5),
             rounds: 1,
+            live: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -92,6 +103,7 @@ impl Args {
                 "--hold" => args.hold = Duration::from_secs(number(&key, &value())),
                 "--rounds" => args.rounds = number(&key, &value()),
                 "--example-bin" => args.example = value().into(),
+                "--live" => args.live = true,
                 "--bench" => {} // passed by `cargo bench`
                 other => fail(&format!(
                     "unknown option {other:?}; options: --clients N[,N...] --interval-ms MS --hold S --rounds R --example-bin PATH"
@@ -147,6 +159,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if args.live {
+        rt.block_on(live_bench(&args));
+        return;
+    }
     rt.block_on(async {
         let events = capture(&args).await;
         println!(
@@ -238,6 +254,17 @@ async fn start(
     interval_ms: u64,
     events: Option<&std::path::Path>,
 ) -> Server {
+    start_with(variant, example, interval_ms, events, &[]).await
+}
+
+/// [`start`], with more environment.
+async fn start_with(
+    variant: Variant,
+    example: &std::path::Path,
+    interval_ms: u64,
+    events: Option<&std::path::Path>,
+    env: &[(&str, String)],
+) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -255,6 +282,7 @@ async fn start(
         .env("PORT", port.to_string())
         .env("ANALYTICS_EVENT_INTERVAL_MS", interval_ms.to_string())
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -497,5 +525,309 @@ async fn pause(pace: Duration) {
         tokio::task::yield_now().await;
     } else {
         tokio::time::sleep(pace).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The live feed.
+
+const LIVE: &str = "/api/v1/analytics/live";
+
+/// A free loopback port (for `redis_server`).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One backend's figures.
+struct LiveRun {
+    log: &'static str,
+    subscribers: usize,
+    per_subscriber: f64,
+    live: (f64, f64, usize),
+    reports: (f64, f64, usize),
+    commands: Option<(f64, f64)>,
+    resume_ms: f64,
+}
+
+/// For each log (in-process, then Redis): the release build of the example,
+/// a producer posting `HIT_RATE` hits a second all along, then
+/// 1. the time for a resume that replays 1,000 hits (median of 5): 1,000
+///    hits posted after an id, then a client with that `Last-Event-ID`
+///    until its 1,000th hit;
+/// 2. Redis commands per second (`INFO commandstats`, before and after
+///    10 s) with 1 live subscriber;
+/// 3. N live subscribers (the swarm): RSS per subscriber (the resident set
+///    with them, minus before them, over N), and commands per second again;
+/// 4. 1,000 report streams beside them, then SIGTERM: notice p50/p99 of
+///    the live streams and of the report streams, in the same drain.
+async fn live_bench(args: &Args) {
+    swarm::raise_fd_limit(1 << 20);
+    let n = *args.clients.last().unwrap();
+    let mut all = Vec::new();
+    for round in 0..args.rounds {
+        for redis in [false, true] {
+            let run = live_run(args, n, redis).await;
+            print!("round {round}: ");
+            println!(
+                "{}: {} live subscribers, {:.1} KB each; notice p99 live {:.0} ms, reports {:.0} ms; \
+             commands/s {:?}; resume of 1,000 {:.0} ms",
+                run.log,
+                run.subscribers,
+                run.per_subscriber / 1e3,
+                run.live.1,
+                run.reports.1,
+                run.commands,
+                run.resume_ms
+            );
+            all.push(run);
+        }
+    }
+    // The median of the rounds, field by field.
+    let runs: Vec<LiveRun> = ["in-process", "Redis Streams"]
+        .into_iter()
+        .map(|log| {
+            let of: Vec<&LiveRun> = all.iter().filter(|r| r.log == log).collect();
+            let m = |f: &dyn Fn(&LiveRun) -> f64| median(of.iter().map(|r| f(r)).collect());
+            LiveRun {
+                log: of[0].log,
+                subscribers: m(&|r| r.subscribers as f64) as usize,
+                per_subscriber: m(&|r| r.per_subscriber),
+                live: (
+                    m(&|r| r.live.0),
+                    m(&|r| r.live.1),
+                    m(&|r| r.live.2 as f64) as usize,
+                ),
+                reports: (
+                    m(&|r| r.reports.0),
+                    m(&|r| r.reports.1),
+                    m(&|r| r.reports.2 as f64) as usize,
+                ),
+                commands: of[0]
+                    .commands
+                    .map(|_| (m(&|r| r.commands.unwrap().0), m(&|r| r.commands.unwrap().1))),
+                resume_ms: m(&|r| r.resume_ms),
+            }
+        })
+        .collect();
+    println!(
+        "\n== live feed: {n} subscribers on one instance, {HIT_RATE} hits/s, 1,000 report streams \
+         beside them at one day per {} ms, SIGTERM after {} s; medians of {} round(s) ==",
+        args.interval_ms,
+        args.hold.as_secs(),
+        args.rounds
+    );
+    println!(
+        "| log | live subscribers | RSS per subscriber | notice p50 / p99, live | notice p50 / p99, \
+         reports (same drain) | Redis commands/s, 1 subscriber | with {n} | resume replaying 1,000 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &runs {
+        let (c1, cn) = r.commands.map_or(("-".into(), "-".into()), |(a, b)| {
+            (format!("{a:.0}"), format!("{b:.0}"))
+        });
+        println!(
+            "| {} | {} | {:.1} KB | {:.0} / {:.0} ms ({} notified) | {:.0} / {:.0} ms ({} notified) | {c1} | {cn} | {:.0} ms |",
+            r.log,
+            r.subscribers,
+            r.per_subscriber / 1e3,
+            r.live.0,
+            r.live.1,
+            r.live.2,
+            r.reports.0,
+            r.reports.1,
+            r.reports.2,
+            r.resume_ms
+        );
+    }
+}
+
+/// Hits a second posted during the whole run.
+const HIT_RATE: u64 = 20;
+
+async fn live_run(args: &Args, n: usize, with_redis: bool) -> LiveRun {
+    let redis = with_redis.then(redis_server::Redis::start);
+    let mut env = Vec::new();
+    if let Some(redis) = &redis {
+        env.push(("REDIS_URL", redis.url()));
+    }
+    let mut server = start_with(
+        Variant::Example,
+        &args.example,
+        args.interval_ms,
+        None,
+        &env,
+    )
+    .await;
+    let addr = server.addr;
+    let pid = server.child.id().unwrap();
+
+    // 1. A resume that replays 1,000 hits.
+    let mut resumes = Vec::new();
+    for round in 0..5 {
+        let from = post_hit(addr, "google", "/before").await;
+        for i in 0..1_000 {
+            post_hit(
+                addr,
+                ["google", "direct", "bing"][i % 3],
+                &format!("/{round}/{i}"),
+            )
+            .await;
+        }
+        let start = std::time::Instant::now();
+        let mut events = common::sse_with(addr, LIVE, &[("last-event-id", &from)]).await;
+        for _ in 0..1_000 {
+            let event = common::next(&mut events).await;
+            assert_eq!(event.event, "hit");
+        }
+        resumes.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+
+    // The producer, from now on.
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = tokio::spawn({
+        let producing = producing.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(1_000 / HIT_RATE));
+            let mut i = 0u64;
+            while producing.load(Ordering::Acquire) {
+                tick.tick().await;
+                let source = ["google", "direct", "newsletter", "bing", "twitter"][i as usize % 5];
+                // Refused during the drain's end: not counted here.
+                let _ = try_post_hit(addr, source, "/live").await;
+                i += 1;
+            }
+        }
+    });
+
+    // 2. Commands per second with one subscriber.
+    let window = Duration::from_secs(10);
+    let mut one = swarm::Swarm::spawn(addr, LIVE, 1, 0.0);
+    assert_eq!(one.ready().await, 1);
+    let rate_one = match &redis {
+        Some(redis) => Some(commands_per_second(redis, window).await),
+        None => None,
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss(pid).unwrap().0;
+
+    // 3. N subscribers.
+    let mut live = swarm::Swarm::spawn(addr, LIVE, n, 0.0);
+    let subscribers = live.ready().await;
+    tokio::time::sleep(args.hold).await;
+    let with_rss = rss(pid).unwrap().0;
+    let rate_n = match &redis {
+        Some(redis) => Some(commands_per_second(redis, window).await),
+        None => None,
+    };
+
+    // 4. Report streams beside them, and the drain.
+    let mut reports = swarm::Swarm::spawn(addr, PATH, 1_000, 0.0);
+    reports.ready().await;
+    tokio::time::sleep(args.hold).await;
+    let t0 = swarm::monotonic_ns();
+    signal(&server.child, libc::SIGTERM);
+    let (live_out, report_out, _) = tokio::join!(
+        live.finish(Duration::from_secs(60)),
+        reports.finish(Duration::from_secs(60)),
+        one.finish(Duration::from_secs(60)),
+    );
+    producing.store(false, Ordering::Release);
+    let _ = tokio::time::timeout(Duration::from_secs(60), server.child.wait()).await;
+    producer.abort();
+    let quantiles = |outcomes: &[swarm::Outcome]| {
+        let mut ms: Vec<f64> = outcomes
+            .iter()
+            .filter_map(|o| o.notice_ns)
+            .map(|ns| ns.saturating_sub(t0) as f64 / 1e6)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1)))
+                .copied()
+        };
+        (
+            at(0.5).unwrap_or(f64::NAN),
+            at(0.99).unwrap_or(f64::NAN),
+            ms.len(),
+        )
+    };
+    LiveRun {
+        log: if with_redis {
+            "Redis Streams"
+        } else {
+            "in-process"
+        },
+        subscribers,
+        per_subscriber: with_rss.saturating_sub(idle_rss) as f64 / n as f64,
+        live: quantiles(&live_out),
+        reports: quantiles(&report_out),
+        commands: rate_one.zip(rate_n),
+        resume_ms: median(resumes),
+    }
+}
+
+/// Redis commands per second over `window`: every `cmdstat_*` `calls=` of
+/// `INFO commandstats` (the `INFO` itself not counted).
+async fn commands_per_second(redis: &redis_server::Redis, window: Duration) -> f64 {
+    let calls = |redis: &redis_server::Redis| -> u64 {
+        let info = match redis.cmd(&["INFO", "commandstats"]) {
+            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("INFO: {other:?}"),
+        };
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+            .filter_map(|l| {
+                l.split([':', ','])
+                    .find_map(|f| f.strip_prefix("calls="))?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let before = calls(redis);
+    let start = std::time::Instant::now();
+    tokio::time::sleep(window).await;
+    let after = calls(redis);
+    (after - before) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn post_hit(addr: SocketAddr, source: &str, path: &str) -> String {
+    try_post_hit(addr, source, path)
+        .await
+        .unwrap_or_else(|e| panic!("collect: {e}"))
+}
+
+/// `POST /collect`: the id, or why not.
+async fn try_post_hit(addr: SocketAddr, source: &str, path: &str) -> Result<String, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let body = serde_json::json!({ "source": source, "path": path }).to_string();
+    let req = http::Request::post("/api/v1/analytics/collect")
+        .header(http::header::HOST, addr.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    match json["id"].as_str() {
+        Some(id) if status == 200 => Ok(id.to_owned()),
+        _ => Err(format!("{status} {json}")),
     }
 }

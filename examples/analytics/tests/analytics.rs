@@ -454,8 +454,8 @@ async fn a_second_sigint_exits_at_once() {
 }
 
 /// The page in headless Chromium, through a restart: it shows the notice
-/// with one countdown, the one it keeps (its report and realtime streams come
-/// back together at the report's notice delay); it finds no server when it
+/// with one countdown, the one it keeps (its report, realtime and live
+/// streams come back together at the report's notice delay); it finds no server when it
 /// comes back and backs off exponentially up to its cap while the server
 /// stays down; then it reconnects by itself to the next server and completes
 /// the report with every row once. Screenshots land in `target/tmp/`
@@ -611,12 +611,14 @@ async fn browser_page_survives_a_restart() {
         back >= delay - 5.0 && back < delay + 1000.0,
         "the report came back {back} ms after a notice that asked {delay} ms"
     );
-    let realtime_back = after(&records("attempts", "realtime"), "notice");
-    assert!(
-        (realtime_back - after(&report_attempts, "notice")).abs() < 100.0,
-        "the realtime stream comes back with the report, not at its own {} s",
-        records("notices", "realtime")[0]["reconnect_delay"]
-    );
+    for stream in ["realtime", "live"] {
+        let stream_back = after(&records("attempts", stream), "notice");
+        assert!(
+            (stream_back - after(&report_attempts, "notice")).abs() < 100.0,
+            "the {stream} stream comes back with the report, not at its own {} s",
+            records("notices", stream)[0]["reconnect_delay"]
+        );
+    }
 
     // The server down: each retry waits between half and all of its
     // back-off step (200 ms doubling, capped at 1.6 s), plus the time a

@@ -179,7 +179,7 @@ try {
     gaps.forEach((gap, i) => {
       // eventsource: `retry:`, every time; the README's lines: half to all of 500 ms, doubling.
       const [least, most] = got.name === "eventsource" ? [notice.delay, notice.delay] : [250 * 2 ** i, 500 * 2 ** i];
-      assert.ok(gap >= least - 5 && gap <= most + 1000, `${got.name}: retry ${i + 1} after ${gap} ms, outside ${least}..=${most}: ${why}`);
+      assert.ok(gap >= least - 5 && gap <= most + 300, `${got.name}: retry ${i + 1} after ${gap} ms, outside ${least}..=${most}: ${why}`);
     });
     assert.deepEqual(got.rows, reference.rows, `${got.name}: every row exactly once, in order`);
     console.log(
