@@ -16,6 +16,10 @@ pub const LINGER_ENV: &str = "SHUTDOWN_LINGER";
 /// jitter.
 pub const RECONNECT_JITTER_ENV: &str = "SHUTDOWN_RECONNECT_JITTER";
 
+/// The environment variable read by [`Config::from_env`] for the reconnect
+/// rate, in streams per second.
+pub const RECONNECT_RATE_ENV: &str = "SHUTDOWN_RECONNECT_RATE";
+
 /// The environment variable read by [`Config::from_env`] for the notice window.
 pub const NOTICE_WINDOW_ENV: &str = "SHUTDOWN_NOTICE_WINDOW";
 
@@ -61,6 +65,7 @@ pub struct Config {
     pub(crate) message: Option<String>,
     pub(crate) end_after_notice: bool,
     pub(crate) sse_rejection_as_notice: bool,
+    pub(crate) reconnect_rate: Option<f64>,
 }
 
 impl Default for Config {
@@ -79,6 +84,7 @@ impl Default for Config {
             message: None,
             end_after_notice: true,
             sse_rejection_as_notice: true,
+            reconnect_rate: None,
         }
     }
 }
@@ -116,6 +122,9 @@ impl Config {
         if let Some(window) = env_seconds(NOTICE_WINDOW_ENV)? {
             config.notice_window = window;
         }
+        if let Some(rate) = env_rate(RECONNECT_RATE_ENV)? {
+            config.reconnect_rate = Some(rate);
+        }
         // Only a window from the environment can be refused here (the
         // default has none): name the variables, the knobs to turn.
         config.check_window(NOTICE_WINDOW_ENV, GRACE_PERIOD_ENV)?;
@@ -149,6 +158,15 @@ impl Config {
     /// );
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(rate) = self.reconnect_rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(ConfigError::new(
+                    "Config::reconnect_rate",
+                    rate.to_string(),
+                    "must be a finite number of streams per second above zero",
+                ));
+            }
+        }
         self.check_window("Config::notice_window", "Config::grace_period")
     }
 
@@ -248,6 +266,37 @@ impl Config {
     pub fn notice_window(mut self, notice_window: Duration) -> Self {
         self.notice_window = notice_window;
         self
+    }
+
+    /// Spreads the reconnects over a window sized to the load: at most
+    /// `per_second` streams per second come back from this instance (default:
+    /// unset, the fixed [jitter](Self::reconnect_jitter) spreads them).
+    ///
+    /// When the drain starts it counts `open`, the responses in flight then
+    /// (the open SSE streams and the handlers still running, which may yet
+    /// become streams: every stream the drain will notify, so the count is
+    /// never short), and each notice's delay is drawn uniformly from
+    /// `reconnect_delay ..= reconnect_delay + open / per_second`: 1,000 streams
+    /// at 500/s come back within 2 s of the delay, 10,000 within 20 s, at the
+    /// same peak. The rate *replaces* the jitter when set. Rejections (requests
+    /// that reach the instance while it drains) draw from the same window; in
+    /// a rolling update, where the instance leaves the load balancer before it
+    /// drains, they are few. `retry:`, the JSON `reconnect_delay`, the default
+    /// message and `Retry-After` agree as with the jitter, and
+    /// [`DrainReport::reconnect_window`](crate::DrainReport::reconnect_window)
+    /// says the window used. `SHUTDOWN_RECONNECT_RATE` in
+    /// [`from_env`](Self::from_env).
+    ///
+    /// It must be finite and above zero: see [`validate`](Self::validate).
+    pub fn reconnect_rate(mut self, per_second: f64) -> Self {
+        self.reconnect_rate = Some(per_second);
+        self
+    }
+
+    /// The [reconnect rate](Self::reconnect_rate), if one was set.
+    #[must_use]
+    pub fn get_reconnect_rate(&self) -> Option<f64> {
+        self.reconnect_rate
     }
 
     /// Makes the per-stream delays and moments in the window a function of
@@ -411,6 +460,29 @@ fn env_seconds(name: &'static str) -> Result<Option<Duration>, ConfigError> {
             name,
             value.to_string_lossy(),
             "is not valid UTF-8",
+        )),
+    }
+}
+
+/// Reads a rate in streams per second from the environment, if set.
+fn env_rate(name: &'static str) -> Result<Option<f64>, ConfigError> {
+    let value = match std::env::var(name) {
+        Ok(value) => value,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(value)) => {
+            return Err(ConfigError::new(
+                name,
+                value.to_string_lossy(),
+                "is not valid UTF-8",
+            ));
+        }
+    };
+    match value.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(Some(rate)),
+        _ => Err(ConfigError::new(
+            name,
+            value,
+            "must be a number of streams per second above zero, such as 500",
         )),
     }
 }

@@ -120,9 +120,12 @@ impl Shared {
         // Whoever sees `DRAINING` finds the frame and the schedule: they are
         // set first.
         let plan = self.plan.get_or_init(|| {
+            // The in-flight count just before `DRAINING`: the requests
+            // admitted in between, racing the drain, are too few to matter.
             Plan::new(
                 &self.config,
                 self.open_by_priority(),
+                self.state.count(),
                 Instant::now(),
                 SystemTime::now(),
             )
@@ -141,10 +144,23 @@ impl Shared {
             in_flight,
             sse_streams,
         } = at_start;
+        let config = &self.config;
+        let window = self.plan().spread;
         tracing::info!(
             in_flight,
             grace_period_secs = grace.as_secs_f64(),
-            "SSE drain started: new requests are rejected"
+            reconnect_delay_secs = config.reconnect_delay.as_secs_f64(),
+            reconnect_jitter_secs = config.reconnect_jitter.as_secs_f64(),
+            reconnect_rate = config.reconnect_rate,
+            reconnect_window_secs = window.as_secs_f64(),
+            "SSE drain started: new requests are rejected; clients reconnect after \
+             {}s plus up to {}s ({})",
+            crate::config::seconds(config.reconnect_delay),
+            crate::config::seconds(window),
+            match config.reconnect_rate {
+                Some(rate) => format!("{in_flight} in flight at {rate}/s"),
+                None => "the jitter".to_owned(),
+            },
         );
         tracing::info!(
             "Notifying {sse_streams} open SSE streams of shutdown \
@@ -197,6 +213,7 @@ impl Shared {
             force_closed,
             rejected: self.rejected.load(Ordering::Acquire),
             elapsed: started.elapsed(),
+            reconnect_window: window,
         };
         tracing::info!(
             notified = report.notified,

@@ -178,7 +178,7 @@ mod watch;
 pub use body::GracefulBody;
 pub use config::{
     Config, ConfigError, GRACE_PERIOD_ENV, LINGER_ENV, NOTICE_WINDOW_ENV, RECONNECT_DELAY_ENV,
-    RECONNECT_JITTER_ENV,
+    RECONNECT_JITTER_ENV, RECONNECT_RATE_ENV,
 };
 pub use drain::Drain;
 pub use error::{BoxError, DrainDeadline};

@@ -36,6 +36,12 @@ pub struct DrainReport {
     /// period ran out: the final value of the `sse_shutdown_duration_seconds`
     /// gauge.
     pub elapsed: Duration,
+    /// The window the reconnect delays spread over, from
+    /// [`reconnect_delay`](crate::Config::reconnect_delay) on: the
+    /// [jitter](crate::Config::reconnect_jitter), or, with a
+    /// [reconnect rate](crate::Config::reconnect_rate), the responses in flight
+    /// at the start divided by the rate.
+    pub reconnect_window: Duration,
 }
 
 impl DrainReport {

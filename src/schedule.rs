@@ -30,6 +30,8 @@ pub(crate) struct Plan {
     pub(crate) started: Instant,
     seed: u64,
     base: Duration,
+    /// The window the delays spread over: the jitter, or `open / rate`.
+    pub(crate) spread: Duration,
     jitter_ms: u64,
     frame: NoticeFrame,
     /// Each priority's band of the window: start and width.
@@ -37,18 +39,28 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// `open` is the number of open SSE streams of each priority.
+    /// `open` is the number of open SSE streams of each priority, `in_flight`
+    /// the responses in flight (what a reconnect rate is sized to).
     pub(crate) fn new(
         config: &Config,
         open: [usize; 3],
+        in_flight: usize,
         started: Instant,
         now: SystemTime,
     ) -> Self {
+        let spread = match config.reconnect_rate {
+            // The rate replaces the jitter: `open / rate` seconds.
+            Some(rate) => {
+                Duration::try_from_secs_f64(in_flight as f64 / rate).unwrap_or(Duration::MAX)
+            }
+            None => config.reconnect_jitter,
+        };
         Self {
             started,
             seed: config.seed.unwrap_or_else(random_seed),
             base: config.reconnect_delay,
-            jitter_ms: u64::try_from(config.reconnect_jitter.as_millis()).unwrap_or(u64::MAX - 1),
+            spread,
+            jitter_ms: u64::try_from(spread.as_millis()).unwrap_or(u64::MAX - 1),
             frame: NoticeFrame::new(config.message.as_deref(), config.reconnect_delay, now),
             bands: bands(config.notice_window, open),
         }
@@ -151,7 +163,7 @@ mod tests {
     use super::*;
 
     fn plan(config: &Config, open: [usize; 3]) -> Plan {
-        Plan::new(config, open, Instant::now(), UNIX_EPOCH)
+        Plan::new(config, open, 0, Instant::now(), UNIX_EPOCH)
     }
 
     #[test]
@@ -257,7 +269,7 @@ mod tests {
         assert!(max(&high) < Duration::from_secs(12));
         let none = Config::default().seed(3);
         assert_eq!(
-            super::Plan::new(&none, [1, 1, 1], Instant::now(), UNIX_EPOCH)
+            super::Plan::new(&none, [1, 1, 1], 3, Instant::now(), UNIX_EPOCH)
                 .slot(DrainPriority::Low, 0),
             None
         );
