@@ -129,7 +129,9 @@ async fn sigterm_mid_report_notifies_every_client_and_exits_zero() {
     let logs = server.logs();
     for line in [
         "Received SIGTERM signal, initiating graceful shutdown...",
-        "Notifying 100 open SSE streams of shutdown",
+        // The seed's log lines, word for word.
+        "Active SSE connections: 100",
+        "Notifying 100 active connections of shutdown",
         "Waiting for 1 connections to close (",
         "Graceful shutdown complete",
         // Rejected: the notice-only stream and the export's 503.
