@@ -32,6 +32,11 @@ pub(crate) struct Plan {
     base: Duration,
     /// The spread of the delays: the jitter, or `open / rate`.
     jitter_ms: u64,
+    /// With a reconnect rate, the open streams: the window is cut into this
+    /// many slots of `1 / rate`, one per notice, so no second of it gets
+    /// more than `rate`; zero with the jitter, where delays are drawn
+    /// independently.
+    slots: usize,
     frame: NoticeFrame,
     /// Each priority's band of the window: start and width.
     bands: [(Duration, Duration); 3],
@@ -46,11 +51,17 @@ impl Plan {
         started: Instant,
         now: SystemTime,
     ) -> Self {
+        let open_streams: usize = open.iter().sum();
         Self {
+            slots: if config.reconnect_rate.is_some() {
+                open_streams
+            } else {
+                0
+            },
             started,
             seed: config.seed.unwrap_or_else(random_seed),
             base: config.reconnect_delay,
-            jitter_ms: u64::try_from(spread(config, open.iter().sum()).as_millis())
+            jitter_ms: u64::try_from(spread(config, open_streams).as_millis())
                 .unwrap_or(u64::MAX - 1),
             frame: NoticeFrame::new(config.message.as_deref(), config.reconnect_delay, now),
             bands: bands(config.notice_window, open),
@@ -63,13 +74,24 @@ impl Plan {
         Duration::from_millis(self.jitter_ms)
     }
 
-    /// The reconnect delay of draw `index`, uniform over
-    /// `base ..= base + jitter` in whole milliseconds.
+    /// The reconnect delay of draw `index`, in whole milliseconds over
+    /// `base ..= base + window`: uniform with the jitter; with a rate, at a
+    /// uniform moment within the `index`th slot of `1 / rate` (counting again
+    /// from the first past the last slot), so that the delays fill the window
+    /// evenly and no second of it gets more than `rate` of one sequence.
     pub(crate) fn delay(&self, draw: Draw, index: usize) -> Duration {
         if self.jitter_ms == 0 {
             return self.base;
         }
-        let extra = below(self.hash(draw, index), self.jitter_ms + 1);
+        let random = self.hash(draw, index);
+        let extra = if self.slots == 0 {
+            below(random, self.jitter_ms + 1)
+        } else {
+            let width = self.jitter_ms as f64 / self.slots as f64;
+            let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+            let at = ((index % self.slots) as f64 + fraction) * width;
+            (at as u64).min(self.jitter_ms)
+        };
         self.base.saturating_add(Duration::from_millis(extra))
     }
 
@@ -246,16 +268,24 @@ mod tests {
                     .all(|d| (Duration::from_secs(1)..=top).contains(d))
             );
         }
-        // Uniform over the window: about open/window of them in each second.
+        // Even over the window: exactly `rate` of them in each second of it,
+        // never more (a uniform draw puts about 540 in the busiest).
         let plan = plan(&config, [0, 10_000, 0]);
         let mut per_second = [0usize; 21];
         for i in 0..10_000 {
             per_second[(plan.delay(Draw::Notice, i).as_secs() - 1) as usize] += 1;
         }
-        assert!(
-            per_second[..20].iter().all(|&n| (400..=600).contains(&n)),
-            "{per_second:?}"
-        );
+        assert!(per_second[..20].iter().all(|&n| n == 500), "{per_second:?}");
+        // And in any second, aligned or not: at most `rate` + 1.
+        let mut delays: Vec<u128> = (0..10_000)
+            .map(|i| plan.delay(Draw::Notice, i).as_millis())
+            .collect();
+        delays.sort_unstable();
+        let busiest = (0..delays.len())
+            .map(|i| delays[i..].partition_point(|&d| d < delays[i] + 1000))
+            .max()
+            .unwrap();
+        assert!(busiest <= 501, "{busiest} in one second");
         // Without a rate, the jitter.
         let plan = super::Plan::new(
             &Config::default().reconnect_jitter(Duration::from_secs(3)),
