@@ -457,22 +457,22 @@ pub(crate) fn seconds(d: Duration) -> String {
 
 /// Reads a duration in seconds from the environment, if the variable is set.
 fn env_seconds(name: &'static str) -> Result<Option<Duration>, ConfigError> {
-    match std::env::var(name) {
-        Ok(value) => parse_seconds(name, &value).map(Some),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(value)) => Err(ConfigError::new(
-            name,
-            value.to_string_lossy(),
-            "is not valid UTF-8",
-        )),
-    }
+    env_var(name, parse_seconds)
 }
 
 /// Reads a rate in streams per second from the environment, if the variable
 /// is set.
 fn env_rate(name: &'static str) -> Result<Option<f64>, ConfigError> {
+    env_var(name, parse_rate)
+}
+
+/// Reads `name` and parses it with `parse`, if the variable is set.
+fn env_var<T>(
+    name: &'static str,
+    parse: fn(&'static str, &str) -> Result<T, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
     match std::env::var(name) {
-        Ok(value) => parse_rate(name, &value).map(Some),
+        Ok(value) => parse(name, &value).map(Some),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(value)) => Err(ConfigError::new(
             name,

@@ -21,8 +21,9 @@
 //!   `max-deleted-entry-id` would say it, but it counts `XDEL`s only, not
 //!   trimming.
 //! - An age (`LIVE_HISTORY=10m`) cannot be a `MINID` of such ids: the reader
-//!   trims by the hits' own time instead, at most once a second (`XRANGE -
-//!   + COUNT 100`, then `XTRIM live:hits MINID <the first id to keep>`).
+//!   trims by the hits' own time instead, at most once a second
+//!   (`XRANGE - + COUNT 100`, then `XTRIM live:hits MINID <the first id to
+//!   keep>`).
 //!
 //! Every command that reads or writes the stream runs in one `MULTI` with
 //! `SET live:epoch <random> NX` and `GET live:epoch`, so that the epoch
