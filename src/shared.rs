@@ -177,7 +177,6 @@ pin_project! {
     pub(crate) struct Waiter {
         #[pin]
         notified: OwnedNotified,
-        seen: u64,
         waker: Option<Waker>,
     }
 }
@@ -198,11 +197,13 @@ pin_project! {
 ///
 /// The hot path (a live stream goes pending after each event) takes no lock
 /// and loads nothing: polling a registered `Notified` locks the `Notify` that
-/// every stream of the handle shares, so a registration that already holds
-/// this task's waker, made at the phase the caller saw, is not polled again.
-/// It is still in the `Notify`'s list (a notification takes it out and wakes
-/// the task), so any change since then wakes this task, and the caller sees
-/// it at the next poll.
+/// every stream of the handle shares, so before the drain a registration
+/// that already holds this task's waker is not polled again. The phase only
+/// moves forward, so a caller that saw no drain knows the registration was
+/// made at that same phase; it is still in the `Notify`'s list (a
+/// notification takes it out and wakes the task), so the drain's start wakes
+/// this task, and the caller sees it at the next poll. Once draining, every
+/// wait polls its registration: a fired one means a change since.
 #[inline]
 pub(crate) fn wait_phase(
     shared: &Arc<Shared>,
@@ -211,15 +212,15 @@ pub(crate) fn wait_phase(
     seen: u64,
 ) -> Poll<u64> {
     if let Some(waiter) = slot.as_ref() {
-        if waiter.seen == seen
+        if !Shared::is_draining(seen)
             && waiter
                 .waker
                 .as_ref()
                 .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            // Still registered since `seen`, with this task's waker: a change
-            // made since the caller's look at the phase wakes this task,
-            // whenever it comes. No second look needed.
+            // Registered before the drain (the phase never goes back), with
+            // this task's waker: the drain's start wakes this task, whenever
+            // it comes. No second look needed.
             return Poll::Pending;
         }
     }
@@ -235,14 +236,12 @@ fn register(
     seen: u64,
 ) -> Poll<u64> {
     loop {
-        if slot.as_ref().is_some_and(|w| w.seen != seen) {
-            *slot = None;
-        }
-        // First the registration, then the look: see `wait_phase`.
+        // First the registration, then the look: see `wait_phase`. A
+        // registration kept from an earlier phase has fired, and is replaced
+        // below.
         let waiter = slot.get_or_insert_with(|| {
             Box::pin(Waiter {
                 notified: shared.changed.clone().notified_owned(),
-                seen,
                 waker: None,
             })
         });
