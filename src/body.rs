@@ -2,7 +2,7 @@
 
 use crate::{
     BoxError, DrainDeadline,
-    shared::{Guard, Shared, Waiter, wait_phase},
+    shared::{Guard, Shared},
     sse::Boundary,
 };
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use std::{
     fmt,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 use tokio::time::Sleep;
 
@@ -37,8 +37,9 @@ pin_project! {
             guard: Option<Guard>,
             // `Some` for a `text/event-stream` body that can take the notice.
             splice: Option<Splice>,
-            // Wakes the body on the next phase change while `body` is pending.
-            wait: Option<Pin<Box<Waiter>>>,
+            // The waker in the body's slot among the handle's wakers, whose
+            // key the guard holds (see `shared::wait_phase`).
+            waker: Option<Waker>,
         },
         // A rejection: one chunk, then the end.
         Full { chunk: Option<Bytes> },
@@ -53,10 +54,6 @@ struct Splice {
     /// The notice went in after a CR: an LF opening the next chunk ends that
     /// CR's line and must not be read as a blank line after the notice.
     skip_lf: bool,
-    /// The part of a chunk after the boundary where the notice goes.
-    /// Boxed: it exists only during the drain, and inline it would make
-    /// every stream's body 24 bytes bigger.
-    rest: Option<Box<Bytes>>,
 }
 
 /// How far one stream's notice has got.
@@ -68,11 +65,17 @@ enum Progress {
     /// Its moment in the notice window is ahead: it streams on untouched,
     /// and the timer wakes it then.
     Waiting(Pin<Box<Sleep>>),
-    /// Due: the notice goes in at the next event boundary.
-    Due,
-    /// Sent.
-    Sent,
+    /// Due: the notice goes in at the next event boundary, with the part of
+    /// a chunk cut there (sent after it).
+    Due(Rest),
+    /// Sent; the part of the chunk cut for it goes next.
+    Sent(Rest),
 }
+
+/// The part of a chunk after the boundary where the notice goes. Boxed: it
+/// exists only during the drain, and inline it would make every stream's
+/// body bigger.
+type Rest = Option<Box<Bytes>>;
 
 impl<B> GracefulBody<B> {
     pub(crate) fn new(body: B, guard: Guard, sse: bool) -> Self {
@@ -81,7 +84,7 @@ impl<B> GracefulBody<B> {
                 body,
                 guard: Some(guard),
                 splice: sse.then(Splice::default),
-                wait: None,
+                waker: None,
             },
         }
     }
@@ -101,103 +104,52 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    // Inlined where the server polls it directly (it was, by itself, until
-    // the notice's schedule made it bigger): the path before the drain then
-    // costs what it did.
+    // The path before the drain, inlined where the server polls the body:
+    // one phase load, the inner poll, the boundary tracked. Everything else
+    // is out of line in `poll_slow`.
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (mut body, guard, splice, wait) = match self.project().kind.project() {
+        let (mut body, guard, splice, waker) = match self.project().kind.project() {
             KindProj::Full { chunk } => return Poll::Ready(chunk.take().map(Frame::data).map(Ok)),
             KindProj::Inner {
                 body,
                 guard,
                 splice,
-                wait,
-            } => (body, guard, splice, wait),
+                waker,
+            } => (body, guard, splice, waker),
         };
-        loop {
-            let Some(phase) = guard.as_ref().map(|g| g.shared().phase()) else {
-                return Poll::Ready(None);
-            };
-            if Shared::is_draining(phase) {
-                let notice = splice.as_mut().and_then(|s| {
-                    let guard = guard.as_ref()?;
-                    s.schedule(guard, phase, cx);
-                    s.notice(guard)
-                });
-                if let Some(frame) = notice {
-                    let end_after = guard
-                        .as_ref()
-                        .is_some_and(|g| g.shared().config.end_after_notice);
-                    if end_after || Shared::is_forced(phase) {
-                        end(guard, wait);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(frame))));
-                }
-                if Shared::is_forced(phase) {
-                    end(guard, wait);
-                    // An event stream ends cleanly: its client drops an
-                    // unfinished event and reconnects. Anything else was cut
-                    // short and must not look complete.
-                    if splice.is_some() || body.is_end_stream() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Err(DrainDeadline::boxed())));
-                }
-                if let Some(s) = splice.as_mut() {
-                    if let Some(rest) = s.rest.take().and_then(|rest| s.pass(*rest)) {
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                }
-            }
-            match body.as_mut().poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let Some(splice) = splice.as_mut() else {
-                        return Poll::Ready(Some(Ok(frame)));
-                    };
-                    // The phase seen above, not a second load: a drain that
-                    // starts now sees this frame out untouched, its
-                    // boundary tracked, and splices at the next poll.
-                    if !Shared::is_draining(phase) {
-                        // The hot path: nothing to cut, only the boundary to
-                        // track, and the frame goes out untouched.
-                        if let Some(data) = frame.data_ref() {
+        if let Some(g) = guard.as_mut() {
+            let phase = g.shared().phase();
+            if !Shared::is_draining(phase) {
+                match body.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // A drain that starts now sees this frame out
+                        // untouched, its boundary tracked, and splices at
+                        // the next poll.
+                        if let (Some(splice), Some(data)) = (splice.as_mut(), frame.data_ref()) {
                             splice.boundary.advance(data);
                         }
                         return Poll::Ready(Some(Ok(frame)));
                     }
-                    // Draining: take the frame out to cut it at a boundary.
-                    match frame.into_data() {
-                        Ok(data) => match splice.pass(data) {
-                            Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                            None => continue,
-                        },
-                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    Poll::Pending => {
+                        // Sleep until the inner body or the drain has news.
+                        if g.wait(waker, cx, phase).is_pending() {
+                            return Poll::Pending;
+                        }
+                        // The drain has started: the slow path.
                     }
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    // The response is over.
-                    end(guard, wait);
-                    return Poll::Ready(Some(Err(err.into())));
-                }
-                Poll::Ready(None) => {
-                    end(guard, wait);
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => {
-                    // Sleep until the inner body or the drain has news.
-                    let Some(guard) = guard.as_ref() else {
-                        return Poll::Pending; // never: only an end drops it
-                    };
-                    if wait_phase(guard.shared(), wait, cx, phase).is_pending() {
-                        return Poll::Pending;
+                    Poll::Ready(end) => {
+                        // The response is over.
+                        *guard = None;
+                        return Poll::Ready(end.map(|r| r.map_err(Into::into)));
                     }
                 }
             }
         }
+        poll_slow(body, guard, splice, waker, cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -210,7 +162,7 @@ where
                 ..
             } => {
                 guard.is_none()
-                    || (splice.as_ref().is_none_or(|s| s.rest.is_none()) && body.is_end_stream())
+                    || (splice.as_ref().is_none_or(|s| !s.has_rest()) && body.is_end_stream())
             }
         }
     }
@@ -230,10 +182,92 @@ where
     }
 }
 
-/// Releases the count and the waiter: the body has ended.
-fn end(guard: &mut Option<Guard>, wait: &mut Option<Pin<Box<Waiter>>>) {
-    *guard = None;
-    *wait = None;
+/// [`GracefulBody::poll_frame`] once the drain has started (or the body
+/// has ended): the notice spliced in on its schedule, the end at the grace
+/// period's.
+#[inline(never)]
+fn poll_slow<B>(
+    mut body: Pin<&mut B>,
+    guard: &mut Option<Guard>,
+    splice: &mut Option<Splice>,
+    waker: &mut Option<Waker>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let Some(phase) = guard.as_ref().map(|g| g.shared().phase()) else {
+            return Poll::Ready(None);
+        };
+        if Shared::is_draining(phase) {
+            let notice = splice.as_mut().and_then(|s| {
+                let guard = guard.as_ref()?;
+                s.schedule(guard, phase, cx);
+                s.notice(guard)
+            });
+            if let Some(frame) = notice {
+                let end_after = guard
+                    .as_ref()
+                    .is_some_and(|g| g.shared().config.end_after_notice);
+                if end_after || Shared::is_forced(phase) {
+                    *guard = None;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
+            if Shared::is_forced(phase) {
+                *guard = None;
+                // An event stream ends cleanly: its client drops an
+                // unfinished event and reconnects. Anything else was cut
+                // short and must not look complete.
+                if splice.is_some() || body.is_end_stream() {
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(DrainDeadline::boxed())));
+            }
+            if let Some(s) = splice.as_mut() {
+                if let Some(rest) = s.take_rest().and_then(|rest| s.pass(*rest)) {
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+            }
+        }
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let Some(splice) = splice.as_mut() else {
+                    return Poll::Ready(Some(Ok(frame)));
+                };
+                if !Shared::is_draining(phase) {
+                    if let Some(data) = frame.data_ref() {
+                        splice.boundary.advance(data);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                // Draining: take the frame out to cut it at a boundary.
+                match frame.into_data() {
+                    Ok(data) => match splice.pass(data) {
+                        Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        None => continue,
+                    },
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                }
+            }
+            Poll::Ready(end) => {
+                // The response is over.
+                *guard = None;
+                return Poll::Ready(end.map(|r| r.map_err(Into::into)));
+            }
+            Poll::Pending => {
+                // Sleep until the inner body or the drain has news.
+                let Some(guard) = guard.as_mut() else {
+                    return Poll::Pending; // never: only an end drops it
+                };
+                if guard.wait(waker, cx, phase).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
 }
 
 impl Splice {
@@ -249,18 +283,32 @@ impl Splice {
         if let Progress::Before = self.progress {
             self.progress = match guard.shared().notice_due(guard.priority()) {
                 Some(at) => Progress::Waiting(Box::pin(tokio::time::sleep_until(at))),
-                None => Progress::Due,
+                None => Progress::Due(None),
             };
         }
         if let Progress::Waiting(sleep) = &mut self.progress {
             if Shared::is_forced(phase) || sleep.as_mut().poll(cx).is_ready() {
-                self.progress = Progress::Due;
+                self.progress = Progress::Due(None);
             }
         }
     }
 
     fn is_due(&self) -> bool {
-        matches!(self.progress, Progress::Due)
+        matches!(self.progress, Progress::Due(_))
+    }
+
+    fn has_rest(&self) -> bool {
+        matches!(
+            self.progress,
+            Progress::Due(Some(_)) | Progress::Sent(Some(_))
+        )
+    }
+
+    fn take_rest(&mut self) -> Rest {
+        match &mut self.progress {
+            Progress::Due(rest) | Progress::Sent(rest) => rest.take(),
+            _ => None,
+        }
     }
 
     /// The shutdown frame, if it is due here: due, not yet sent, and the
@@ -270,7 +318,7 @@ impl Splice {
         if !self.is_due() || !self.boundary.is_boundary() {
             return None;
         }
-        self.progress = Progress::Sent;
+        self.progress = Progress::Sent(self.take_rest());
         self.skip_lf = self.boundary.after_cr();
         self.boundary = Boundary::default();
         Some(guard.shared().notice(guard.priority()))
@@ -293,7 +341,7 @@ impl Splice {
             Some(at) if self.is_due() && at < data.len() => {
                 self.boundary = before;
                 self.boundary.advance(&data[..at]);
-                self.rest = Some(Box::new(data.split_off(at)));
+                self.progress = Progress::Due(Some(Box::new(data.split_off(at))));
                 Some(data)
             }
             _ => Some(data),
@@ -318,7 +366,7 @@ impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
                     "notified",
                     &splice
                         .as_ref()
-                        .is_some_and(|s| matches!(s.progress, Progress::Sent)),
+                        .is_some_and(|s| matches!(s.progress, Progress::Sent(_))),
                 )
                 .finish(),
             Kind::Full { chunk } => f
@@ -338,11 +386,14 @@ mod tests {
     /// rest, both used only during the drain, must not make it grow.
     #[test]
     fn body_stays_small() {
-        assert!(size_of::<Splice>() <= 32, "{}", size_of::<Splice>());
+        assert!(size_of::<Splice>() <= 24, "{}", size_of::<Splice>());
+        // axum's body (a box of a `dyn Body`) inside: 72 bytes, which the
+        // allocator serves from its 80-byte class.
+        type Boxed = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
         assert!(
-            size_of::<GracefulBody<http_body_util::Empty<Bytes>>>() <= 64,
+            size_of::<GracefulBody<Boxed>>() <= 72,
             "{}",
-            size_of::<GracefulBody<http_body_util::Empty<Bytes>>>()
+            size_of::<GracefulBody<Boxed>>()
         );
     }
 }

@@ -138,7 +138,7 @@ impl Shared {
         let Some(at_start) = self.state.start_drain() else {
             return; // started by an earlier call
         };
-        self.changed.notify_waiters();
+        self.wakers.wake_all();
         runtime.spawn(self.clone().run_drain(started, at_start));
     }
 
@@ -249,7 +249,7 @@ impl Shared {
         }
         if let Some(shared) = shared.upgrade() {
             shared.state.cut();
-            shared.changed.notify_waiters();
+            shared.wakers.wake_all();
             tracing::debug!("drain deadline: closing the connections that are still open");
         }
     }
@@ -257,7 +257,7 @@ impl Shared {
     /// Ends the grace period: every body still open ends at its next poll.
     fn force_close(&self) -> usize {
         let open = self.state.force_close();
-        self.changed.notify_waiters();
+        self.wakers.wake_all();
         self.force_closed_total
             .fetch_add(open as u64, Ordering::Relaxed);
         metrics::force_closed(open);

@@ -2,13 +2,12 @@
 
 use crate::{
     DrainDeadline, DrainHandle,
-    shared::{Shared, Waiter, wait_phase},
+    shared::{Shared, Waiter},
 };
 use pin_project_lite::pin_project;
 use std::{
     fmt, io,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -50,22 +49,21 @@ pin_project! {
     pub struct GracefulIo<I> {
         #[pin]
         io: I,
-        shared: Arc<Shared>,
-        // Registrations for the deadline, one per direction: reads and
-        // writes may be polled by different tasks.
-        read: Option<Pin<Box<Waiter>>>,
-        write: Option<Pin<Box<Waiter>>>,
+        // Places among the wakers for the deadline, one per direction: reads
+        // and writes may be polled by different tasks.
+        read: Waiter,
+        write: Waiter,
     }
 }
 
 impl<I> GracefulIo<I> {
     /// Wraps `io`, to be closed at the deadline of `handle`'s drain.
     pub fn new(io: I, handle: &DrainHandle) -> Self {
+        let shared = handle.shared();
         Self {
             io,
-            shared: handle.shared().clone(),
-            read: None,
-            write: None,
+            read: Waiter::new(shared.clone()),
+            write: Waiter::new(shared.clone()),
         }
     }
 
@@ -93,19 +91,17 @@ fn cut() -> io::Error {
 /// Runs one IO call unless the deadline has passed; if it is pending, makes
 /// sure the deadline wakes the task.
 fn guarded<T>(
-    shared: &Arc<Shared>,
-    wait: &mut Option<Pin<Box<Waiter>>>,
+    wait: &mut Waiter,
     cx: &mut Context<'_>,
     mut call: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
 ) -> Poll<io::Result<T>> {
     loop {
-        let phase = shared.phase();
+        let phase = wait.shared().phase();
         if Shared::is_cut(phase) {
-            *wait = None;
             return Poll::Ready(Err(cut()));
         }
         let polled = call(cx);
-        if polled.is_ready() || wait_phase(shared, wait, cx, phase).is_pending() {
+        if polled.is_ready() || wait.wait(cx, phase).is_pending() {
             return polled;
         }
         // A phase change: look again.
@@ -119,9 +115,7 @@ impl<I: AsyncRead> AsyncRead for GracefulIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(this.shared, this.read, cx, |cx| {
-            this.io.as_mut().poll_read(cx, buf)
-        })
+        guarded(this.read, cx, |cx| this.io.as_mut().poll_read(cx, buf))
     }
 }
 
@@ -132,9 +126,7 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        guarded(this.shared, this.write, cx, |cx| {
-            this.io.as_mut().poll_write(cx, buf)
-        })
+        guarded(this.write, cx, |cx| this.io.as_mut().poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -143,7 +135,7 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
-        guarded(this.shared, this.write, cx, |cx| {
+        guarded(this.write, cx, |cx| {
             this.io.as_mut().poll_write_vectored(cx, bufs)
         })
     }
@@ -154,16 +146,12 @@ impl<I: AsyncWrite> AsyncWrite for GracefulIo<I> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(this.shared, this.write, cx, |cx| {
-            this.io.as_mut().poll_flush(cx)
-        })
+        guarded(this.write, cx, |cx| this.io.as_mut().poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        guarded(this.shared, this.write, cx, |cx| {
-            this.io.as_mut().poll_shutdown(cx)
-        })
+        guarded(this.write, cx, |cx| this.io.as_mut().poll_shutdown(cx))
     }
 }
 
@@ -171,7 +159,7 @@ impl<I: fmt::Debug> fmt::Debug for GracefulIo<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GracefulIo")
             .field("io", &self.io)
-            .field("cut", &Shared::is_cut(self.shared.phase()))
+            .field("cut", &Shared::is_cut(self.read.shared().phase()))
             .finish()
     }
 }

@@ -3,7 +3,7 @@
 use crate::{
     DrainHandle, DrainPriority, GracefulBody, GracefulSseLayer, ResponseFuture,
     schedule::Draw,
-    shared::{Shared, Waiter, wait_phase},
+    shared::{Shared, Waiter},
     sse::accepts_event_stream,
 };
 use bytes::Bytes;
@@ -11,7 +11,6 @@ use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::Body;
 use std::{
     fmt,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -29,8 +28,11 @@ use tower_service::Service;
 pub struct GracefulSse<S> {
     inner: S,
     shared: Arc<Shared>,
-    // Wakes a `poll_ready` pending in the inner service when the drain starts.
-    wait: Option<Pin<Box<Waiter>>>,
+    // Wakes a `poll_ready` pending in the inner service when the drain
+    // starts. Boxed: it exists only while the inner service is not ready,
+    // and inline it would make every clone (axum clones the service for
+    // each connection) 24 bytes bigger.
+    wait: Option<Box<Waiter>>,
 }
 
 impl<S: Clone> Clone for GracefulSse<S> {
@@ -97,7 +99,11 @@ where
                 self.wait = None;
                 return ready;
             }
-            if wait_phase(&self.shared, &mut self.wait, cx, phase).is_pending() {
+            let shared = &self.shared;
+            let wait = self
+                .wait
+                .get_or_insert_with(|| Box::new(Waiter::new(shared.clone())));
+            if wait.wait(cx, phase).is_pending() {
                 return Poll::Pending;
             }
         }

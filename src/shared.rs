@@ -6,23 +6,17 @@ use crate::{
     config::after,
     metrics,
     schedule::{Draw, Plan},
-    state::{CUT, DRAINING, FORCED, NoticeLog, State},
+    state::{CUT, DRAINING, FORCED, NoticeLog, State, Wakers},
 };
 use bytes::Bytes;
-use pin_project_lite::pin_project;
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
 };
-use tokio::{
-    sync::{Notify, futures::OwnedNotified},
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 
 /// The state behind a handle, shared by its clones, layers and bodies.
 pub(crate) struct Shared {
@@ -41,9 +35,9 @@ pub(crate) struct Shared {
     /// Notices sent, by priority, and when.
     pub(crate) log: NoticeLog,
     pub(crate) force_closed_total: AtomicU64,
-    /// Fired after each phase change; bodies, connections and services wait
-    /// on it while they are pending (see [`wait_phase`]).
-    pub(crate) changed: Arc<Notify>,
+    /// Woken after each phase change: the bodies, connections and services
+    /// pending (see [`wait_phase`]).
+    pub(crate) wakers: Wakers,
     /// Fired when the last in-flight response ends during a drain.
     pub(crate) all_closed: Notify,
     pub(crate) report_ready: Arc<Notify>,
@@ -74,7 +68,7 @@ impl Shared {
             drawn: AtomicUsize::new(0),
             log: NoticeLog::new(),
             force_closed_total: AtomicU64::new(0),
-            changed: Arc::new(Notify::new()),
+            wakers: Wakers::new(),
             all_closed: Notify::new(),
             report_ready: Arc::new(Notify::new()),
             gone: Arc::new(Notify::new()),
@@ -115,6 +109,7 @@ impl Shared {
         if self.state.admit() {
             return Ok(Guard {
                 shared: self.clone(),
+                key: 0,
                 sse: false,
                 priority,
             });
@@ -170,101 +165,103 @@ impl Shared {
     }
 }
 
-pin_project! {
-    /// A registration for the next phase change: the `Notified` of the
-    /// handle's `changed`, the phase it was made at, and the waker it was
-    /// last polled with.
-    pub(crate) struct Waiter {
-        #[pin]
-        notified: OwnedNotified,
-        waker: Option<Waker>,
+/// A body, connection or service's place among the handle's [`Wakers`]: the
+/// key of its slot (0 until its first wait) and a copy of the waker the slot
+/// holds. It gives the slot back when dropped.
+pub(crate) struct Waiter {
+    shared: Arc<Shared>,
+    waker: Option<Waker>,
+    key: u32,
+}
+
+impl Waiter {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            waker: None,
+            key: 0,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// [`wait_phase`] for this waiter.
+    #[inline]
+    pub(crate) fn wait(&mut self, cx: &mut Context<'_>, seen: u64) -> Poll<u64> {
+        wait_phase(&self.shared, &mut self.key, &mut self.waker, cx, seen)
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.shared.wakers.remove(self.key);
     }
 }
 
 /// Waits until the phase differs from `seen`, the phase the caller looked at
 /// before the poll that went pending: `Ready` with the phase now, or
-/// `Pending` with the task registered for the next change. The one wait of
-/// the body, [`GracefulIo`](crate::GracefulIo), [`Watched`](crate::Watched)
-/// and the service's `poll_ready`.
+/// `Pending` with the task's waker in the slot `key` (taken if 0), which the
+/// next phase change wakes. `waker` is the copy of what the slot holds. The
+/// one wait of the body, [`GracefulIo`](crate::GracefulIo),
+/// [`Watched`](crate::Watched) and the service's `poll_ready`.
 ///
-/// No change is ever missed: the registration (`Notified`) is made *before*
-/// the phase is looked at again, and tokio guarantees that a `Notified`
-/// hears every `notify_waiters` made after it was created, even before it is
-/// polled (`Notified::enable` is for `notify_one` only). Every phase change
-/// is stored before its `notify_waiters`, so either the look sees the new
-/// phase or the registration hears the notification (modelled in
-/// `tests/loom.rs`).
+/// No change is ever missed: the waker goes in *before* the phase is looked
+/// at again, and every phase change is stored before its
+/// [`Wakers::wake_all`], under the same lock: either the look sees the new
+/// phase, or the wake finds the waker (modelled in `tests/loom.rs`).
 ///
-/// The hot path (a live stream goes pending after each event) takes no lock
-/// and loads nothing: polling a registered `Notified` locks the `Notify` that
-/// every stream of the handle shares, so before the drain a registration
-/// that already holds this task's waker is not polled again. The phase only
-/// moves forward, so a caller that saw no drain knows the registration was
-/// made at that same phase; it is still in the `Notify`'s list (a
-/// notification takes it out and wakes the task), so the drain's start wakes
-/// this task, and the caller sees it at the next poll. Once draining, every
-/// wait polls its registration: a fired one means a change since.
+/// The hot path (a live stream goes pending after each event) takes no lock:
+/// before the drain, a waiter whose slot already holds this task's waker
+/// returns at once. No waker has been taken out yet (the first phase change
+/// is the drain's start), so the slot still holds it, and the drain's start
+/// wakes this task; the caller sees it at the next poll. Once draining, every
+/// wait puts its waker back, as a phase change took it.
 #[inline]
 pub(crate) fn wait_phase(
-    shared: &Arc<Shared>,
-    slot: &mut Option<Pin<Box<Waiter>>>,
+    shared: &Shared,
+    key: &mut u32,
+    waker: &mut Option<Waker>,
     cx: &mut Context<'_>,
     seen: u64,
 ) -> Poll<u64> {
-    if let Some(waiter) = slot.as_ref() {
-        if !Shared::is_draining(seen)
-            && waiter
-                .waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            // Registered before the drain (the phase never goes back), with
-            // this task's waker: the drain's start wakes this task, whenever
-            // it comes. No second look needed.
-            return Poll::Pending;
-        }
-    }
-    register(shared, slot, cx, seen)
-}
-
-/// [`wait_phase`] the long way: a new registration, or a new waker.
-#[inline(never)]
-fn register(
-    shared: &Arc<Shared>,
-    slot: &mut Option<Pin<Box<Waiter>>>,
-    cx: &mut Context<'_>,
-    seen: u64,
-) -> Poll<u64> {
-    loop {
-        // First the registration, then the look: see `wait_phase`. A
-        // registration kept from an earlier phase has fired, and is replaced
-        // below.
-        let waiter = slot.get_or_insert_with(|| {
-            Box::pin(Waiter {
-                notified: shared.changed.clone().notified_owned(),
-                waker: None,
-            })
-        });
-        let now = shared.phase();
-        if now != seen {
-            *slot = None;
-            return Poll::Ready(now);
-        }
-        let this = waiter.as_mut().project();
-        if this.notified.poll(cx).is_ready() {
-            // Notified: the phase has changed (or is about to be seen to).
-            *slot = None;
-            continue;
-        }
-        *this.waker = Some(cx.waker().clone());
+    if !Shared::is_draining(seen) && waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
         return Poll::Pending;
     }
+    register(shared, key, waker, cx, seen)
+}
+
+/// [`wait_phase`] the long way: the waker into its slot, then the look.
+#[inline(never)]
+fn register(
+    shared: &Shared,
+    key: &mut u32,
+    waker: &mut Option<Waker>,
+    cx: &mut Context<'_>,
+    seen: u64,
+) -> Poll<u64> {
+    *key = shared.wakers.set(*key, cx.waker());
+    if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *waker = Some(cx.waker().clone());
+    }
+    let now = shared.phase();
+    if now != seen {
+        // The waker stays in its slot: the next change wakes this task once
+        // for nothing, which is cheaper than a second lock now.
+        return Poll::Ready(now);
+    }
+    Poll::Pending
 }
 
 /// One in-flight response. It moves from the response future into the body,
 /// and releases its count when dropped, whatever ends the response.
 pub(crate) struct Guard {
     shared: Arc<Shared>,
+    // The key of the body's slot among the wakers (see `Waiter`), held here
+    // so that the body's count and its slot are given back together; it fits
+    // beside the flags. The body keeps the copy of the slot's waker.
+    key: u32,
     sse: bool,
     /// The request's, then the response's if it set one.
     priority: DrainPriority,
@@ -277,6 +274,18 @@ impl Guard {
 
     pub(crate) fn priority(&self) -> DrainPriority {
         self.priority
+    }
+
+    /// [`wait_phase`] for the body that holds this guard, with the copy of
+    /// its slot's waker.
+    #[inline]
+    pub(crate) fn wait(
+        &mut self,
+        waker: &mut Option<Waker>,
+        cx: &mut Context<'_>,
+        seen: u64,
+    ) -> Poll<u64> {
+        wait_phase(&self.shared, &mut self.key, waker, cx, seen)
     }
 
     /// Marks this response as an SSE stream that can be notified, with the
@@ -300,6 +309,7 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        self.shared.wakers.remove(self.key);
         if self.sse {
             if self.priority != DrainPriority::Normal {
                 self.shared.prioritised[self.priority.index()].fetch_sub(1, Ordering::AcqRel);

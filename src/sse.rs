@@ -202,6 +202,10 @@ impl Boundary {
     ///
     /// An offset is reported after an LF that completes a CRLF, never between
     /// the two, so a split there never separates a CR from its LF.
+    ///
+    /// Inlined: its first check decides for almost every chunk of the hot
+    /// path, and [`scan`](Self::scan) is out of line.
+    #[inline]
     pub(crate) fn advance(&mut self, data: &[u8]) -> Option<usize> {
         // Hot path: almost every SSE server writes whole events, so a chunk
         // usually ends with a blank line. Its end state is then known without
@@ -219,6 +223,7 @@ impl Boundary {
 
     /// [`advance`](Self::advance) the long way: reads the first byte of each
     /// line and skips from there to the line's end.
+    #[inline(never)]
     fn scan(&mut self, data: &[u8]) -> Option<usize> {
         let mut last = None;
         let mut i = 0;
@@ -266,6 +271,7 @@ impl Boundary {
 /// byte before it ended a line (or was the LF of a CRLF whose CR did), so it
 /// starts at the start of a line. An empty line leaves the stream at a
 /// boundary, with no event open, at the very end of `data`.
+#[inline(always)]
 fn ends_with_blank_line(data: &[u8]) -> Option<bool> {
     let eol = |b: &u8| matches!(b, b'\r' | b'\n');
     match data {

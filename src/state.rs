@@ -15,6 +15,8 @@
 //! one that was open at its start; and a phase change and a waiter's look at
 //! the phase are one load apart (see `shared::wait_phase`).
 //!
+//! Beside the word, [`Wakers`]: the tasks to wake when the phase changes.
+//!
 //! Limits: at most [`MAX_IN_FLIGHT`] requests in flight per handle (about a
 //! billion: far beyond what fits in memory, each holds a body); admitting one
 //! more panics with a message instead of wrapping. An SSE stream is always an
@@ -22,9 +24,16 @@
 #![cfg_attr(not(loom), allow(unreachable_pub))]
 
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use loom::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicU64, AtomicUsize, Ordering},
+};
 #[cfg(not(loom))]
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicU64, AtomicUsize, Ordering},
+};
+use std::{sync::PoisonError, task::Waker};
 
 /// The drain has started: requests are rejected.
 pub const DRAINING: u64 = 0b001;
@@ -183,6 +192,114 @@ impl State {
     /// Passes the deadline: wrapped connections are to be closed.
     pub fn cut(&self) {
         self.word.fetch_or(CUT, Ordering::AcqRel);
+    }
+}
+
+/// The tasks to wake at the next phase change: a slot for each body,
+/// connection or service that waits, holding the waker it last waited with.
+///
+/// A waiter takes a slot at its first wait and gives it back when it is
+/// dropped (its key, `0` until then, says which). A phase change takes every
+/// waker out and wakes it; the slots stay taken, and each waiter puts its
+/// waker back at its next wait. One lock guards them all, taken when a waiter
+/// first waits or changes its waker, when it is dropped, and at each phase
+/// change: before the drain, a waiter that waits again with the same waker
+/// takes no lock (see `shared::wait_phase`).
+///
+/// A slot is a waker (16 bytes) in one vector: beside the body it serves, no
+/// allocation of its own.
+#[derive(Debug, Default)]
+pub struct Wakers {
+    slots: Mutex<Slots>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    /// The waker of the slot with key `i + 1` at `pages[i / PAGE][i % PAGE]`;
+    /// `None` if the slot is free or its waker was woken. In pages, so that
+    /// growing never copies (nor leaves behind) the slots taken so far.
+    pages: Vec<Box<[Option<Waker>; PAGE]>>,
+    /// Slots handed out so far, free ones included.
+    len: u32,
+    /// Keys of free slots.
+    free: Vec<u32>,
+}
+
+/// Slots per page: 4 KiB.
+const PAGE: usize = 256;
+
+impl Slots {
+    fn slot(&mut self, key: u32) -> &mut Option<Waker> {
+        let i = key as usize - 1;
+        &mut self.pages[i / PAGE][i % PAGE]
+    }
+
+    /// A free slot's key.
+    fn take(&mut self) -> u32 {
+        if let Some(key) = self.free.pop() {
+            return key;
+        }
+        if self.len as usize == self.pages.len() * PAGE {
+            self.pages.push(Box::new([const { None }; PAGE]));
+        }
+        self.len = self
+            .len
+            .checked_add(1)
+            .expect("tower-graceful-sse: more than u32::MAX waiters on one handle");
+        self.len
+    }
+}
+
+impl Wakers {
+    /// No slot taken.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        // Nothing under the lock leaves the slots half changed.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Puts `waker` in the slot `key`, or in a new slot if `key` is 0, and
+    /// returns the slot's key.
+    ///
+    /// # Panics
+    ///
+    /// With `u32::MAX` slots taken at once.
+    pub fn set(&self, key: u32, waker: &Waker) -> u32 {
+        let mut slots = self.lock();
+        let key = if key == 0 { slots.take() } else { key };
+        let old = slots.slot(key).replace(waker.clone());
+        drop(slots);
+        // Outside the lock: dropping a waker may drop a task, and with it a
+        // waiter that gives its slot back.
+        drop(old);
+        key
+    }
+
+    /// Gives the slot `key` back; nothing if `key` is 0.
+    pub fn remove(&self, key: u32) {
+        if key == 0 {
+            return;
+        }
+        let mut slots = self.lock();
+        let old = slots.slot(key).take();
+        slots.free.push(key);
+        drop(slots);
+        drop(old);
+    }
+
+    /// Wakes every waiter: the phase has changed. Each keeps its slot.
+    pub fn wake_all(&self) {
+        let woken: Vec<Waker> = self
+            .lock()
+            .pages
+            .iter_mut()
+            .flat_map(|page| page.iter_mut())
+            .filter_map(Option::take)
+            .collect();
+        woken.into_iter().for_each(Waker::wake);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The hyper-util integration: a connection that shuts down gracefully when
 //! the drain starts and is dropped at its deadline.
 
-use crate::shared::{Shared, Waiter, wait_phase};
+use crate::shared::{Shared, Waiter};
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
 use std::{
@@ -27,9 +27,8 @@ pin_project! {
     pub struct Watched<C> {
         #[pin]
         conn: Option<C>,
-        shared: Arc<Shared>,
         shutting_down: bool,
-        wait: Option<Pin<Box<Waiter>>>,
+        wait: Waiter,
     }
 }
 
@@ -37,9 +36,8 @@ impl<C> Watched<C> {
     pub(crate) fn new(conn: C, shared: Arc<Shared>) -> Self {
         Self {
             conn: Some(conn),
-            shared,
             shutting_down: false,
-            wait: None,
+            wait: Waiter::new(shared),
         }
     }
 }
@@ -49,12 +47,11 @@ impl<C: GracefulConnection> Future for Watched<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
-        let shared = &*this.shared;
         loop {
             let Some(mut conn) = this.conn.as_mut().as_pin_mut() else {
                 return Poll::Ready(Ok(())); // dropped at the deadline
             };
-            let phase = shared.phase();
+            let phase = this.wait.shared().phase();
             if Shared::is_draining(phase) && !*this.shutting_down {
                 *this.shutting_down = true;
                 conn.as_mut().graceful_shutdown();
@@ -62,13 +59,12 @@ impl<C: GracefulConnection> Future for Watched<C> {
             if Shared::is_cut(phase) {
                 tracing::debug!("dropping a connection still open at the drain deadline");
                 this.conn.set(None);
-                *this.wait = None;
                 continue;
             }
             if let Poll::Ready(done) = conn.poll(cx) {
                 return Poll::Ready(done);
             }
-            if wait_phase(shared, this.wait, cx, phase).is_pending() {
+            if this.wait.wait(cx, phase).is_pending() {
                 return Poll::Pending;
             }
         }

@@ -6,18 +6,19 @@
 //! The models use the crate's real `State` (its atomics come from loom under
 //! `cfg(loom)`); the drain task's wait for the last release is modelled with
 //! `loom::sync::Notify`, which keeps a permit as `tokio::sync::Notify::notify_one`
-//! does, and the phase wait of bodies and connections with `Waiters`, a model
-//! of `tokio::sync::Notify::notify_waiters`.
+//! does; the phase wait of bodies and connections uses the crate's real
+//! `Wakers` (its lock comes from loom too).
 #![cfg(loom)]
 
 use loom::{
     sync::{
-        Arc, Mutex, Notify,
+        Arc, Notify,
         atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst},
     },
     thread,
 };
-use tower_graceful_sse::state::{CUT, DRAINING, FORCED, NoticeLog, Notices, State};
+use std::task::Waker;
+use tower_graceful_sse::state::{CUT, DRAINING, FORCED, NoticeLog, Notices, State, Wakers};
 
 /// One request: admitted (reaching the "inner service", then released, which
 /// wakes the drain if it was the last) or rejected. Returns whether it was
@@ -259,105 +260,126 @@ fn sse_streams_at_the_drain_count_late_responses_and_never_exceed_in_flight() {
     });
 }
 
-/// `tokio::sync::Notify` as far as `notify_waiters` goes: a count of calls,
-/// read without the lock when a `Notified` is made, and the registered
-/// waiters, under the lock. A `Notified` is ready if a call came after it was
-/// made; otherwise polling registers it, and the next call wakes it.
-struct Waiters {
-    calls: AtomicUsize,
-    registered: Mutex<Vec<Arc<AtomicBool>>>,
+/// A waker that records that it was woken. Its `Arc` is std's (the waker
+/// API needs one); the flag is loom's, so every interleaving of the wake is
+/// explored.
+struct Flag(AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.store(true, SeqCst);
+    }
 }
 
-impl Waiters {
-    fn new() -> Self {
-        Self {
-            calls: AtomicUsize::new(0),
-            registered: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// `notified()`: the count of calls when it is made.
-    fn notified(&self) -> usize {
-        self.calls.load(SeqCst)
-    }
-
-    /// Polls a `Notified` made at `made`: true if ready, else registers
-    /// `woken`.
-    fn poll(&self, made: usize, woken: &Arc<AtomicBool>) -> bool {
-        let mut registered = self.registered.lock().unwrap();
-        if self.calls.load(SeqCst) != made {
-            return true;
-        }
-        registered.push(woken.clone());
-        false
-    }
-
-    fn notify_waiters(&self) {
-        let mut registered = self.registered.lock().unwrap();
-        self.calls.fetch_add(1, SeqCst);
-        for woken in registered.drain(..) {
-            woken.store(true, SeqCst);
-        }
-    }
+fn flag() -> (std::sync::Arc<Flag>, Waker) {
+    let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+    (flag.clone(), Waker::from(flag))
 }
 
 /// How a waiter came out of one pass of `shared::wait_phase`.
 enum Outcome {
     SawThePhase,
-    Ready,
-    Registered(Arc<AtomicBool>),
+    Registered,
 }
 
-/// One pass of the phase wait of a body or a connection whose call went
-/// pending at phase `seen`; `register_first` is the crate's order (make the
-/// `Notified`, then look at the phase again), `false` the order it replaced.
-fn wait_phase(state: &State, waiters: &Waiters, seen: u64, register_first: bool) -> Outcome {
-    let made = if register_first {
-        waiters.notified()
-    } else {
-        0
-    };
+/// One pass of the phase wait (`shared::register`) of a body or a
+/// connection whose call went pending at phase `seen`; `register_first` is
+/// the crate's order (the waker into its slot, then the look at the phase),
+/// `false` the order it replaced.
+fn wait_phase(
+    state: &State,
+    wakers: &Wakers,
+    key: &mut u32,
+    waker: &Waker,
+    seen: u64,
+    register_first: bool,
+) -> Outcome {
+    if register_first {
+        *key = wakers.set(*key, waker);
+    }
     if state.phase() != seen {
         return Outcome::SawThePhase;
     }
-    let made = if register_first {
-        made
-    } else {
-        waiters.notified()
-    };
-    let woken = Arc::new(AtomicBool::new(false));
-    if waiters.poll(made, &woken) {
-        return Outcome::Ready;
+    if !register_first {
+        *key = wakers.set(*key, waker);
     }
-    Outcome::Registered(woken)
+    Outcome::Registered
 }
 
 /// The cut (or any phase change) racing a connection that goes pending: the
-/// connection either sees the new phase, or its registration is ready, or it
-/// is woken. Never pending forever.
+/// connection either sees the new phase or is woken. Never pending forever.
 fn phase_change_racing_a_waiter(register_first: bool) {
     model(move || {
         let state = Arc::new(State::new());
-        let waiters = Arc::new(Waiters::new());
+        let wakers = Arc::new(Wakers::new());
         state.start_drain();
         let cutter = {
-            let (state, waiters) = (state.clone(), waiters.clone());
+            let (state, wakers) = (state.clone(), wakers.clone());
             thread::spawn(move || {
                 state.cut();
-                waiters.notify_waiters();
+                wakers.wake_all();
             })
         };
         // The connection: looks at the phase, its IO call goes pending.
+        let (woken, waker) = flag();
+        let mut key = 0;
         let seen = state.phase();
-        let outcome = wait_phase(&state, &waiters, seen, register_first);
+        let outcome = wait_phase(&state, &wakers, &mut key, &waker, seen, register_first);
         cutter.join().unwrap();
         match outcome {
-            Outcome::SawThePhase | Outcome::Ready => {}
-            Outcome::Registered(woken) => assert!(
-                seen & CUT != 0 || woken.load(SeqCst),
+            Outcome::SawThePhase => {}
+            Outcome::Registered => assert!(
+                seen & CUT != 0 || woken.0.load(SeqCst),
                 "pending at phase {seen:#b}, never woken: the cut is lost"
             ),
         }
+        wakers.remove(key);
+    });
+}
+
+/// The hot path before the drain: a body registered once waits again with
+/// the same waker and takes no lock (it returns at once), while the drain
+/// starts. The drain's start still wakes it, or it sees the drain; and a
+/// second body, dropped meanwhile, gives its slot back without disturbing
+/// the first.
+#[test]
+fn a_waiter_that_returns_without_the_lock_is_still_woken_by_the_drain() {
+    model(|| {
+        let state = Arc::new(State::new());
+        let wakers = Arc::new(Wakers::new());
+        let (woken, waker) = flag();
+        let mut key = 0;
+        // The first pending poll, before any drain.
+        let seen = state.phase();
+        assert!(matches!(
+            wait_phase(&state, &wakers, &mut key, &waker, seen, true),
+            Outcome::Registered
+        ));
+        let other = {
+            let wakers = wakers.clone();
+            thread::spawn(move || {
+                let (_, waker) = flag();
+                let key = wakers.set(0, &waker);
+                wakers.remove(key);
+            })
+        };
+        let drain = {
+            let (state, wakers) = (state.clone(), wakers.clone());
+            thread::spawn(move || {
+                state.start_drain();
+                wakers.wake_all();
+            })
+        };
+        // The next poll: before the drain, same waker, no lock.
+        let seen = state.phase();
+        let fast = seen & DRAINING == 0;
+        other.join().unwrap();
+        drain.join().unwrap();
+        assert!(
+            !fast || woken.0.load(SeqCst),
+            "returned pending before the drain, never woken by it"
+        );
+        wakers.remove(key);
     });
 }
 
