@@ -326,6 +326,136 @@ async fn request_during_the_drain_is_rejected_at_once_behind_a_saturated_concurr
     );
 }
 
+/// The same saturated limit, but the requests are already waiting in its
+/// `poll_ready` when the drain starts (the permit held by a handler that
+/// does not finish until the test lets it): the drain wakes them, and each
+/// gets its rejection at once, a plain request its `503`, an EventSource
+/// its notice-only `200`, without the handler finishing or being called
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_waiting_in_poll_ready_when_the_drain_starts_is_woken_and_rejected() {
+    let handle = DrainHandle::new(Config::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let (gate, calls) = (gate.clone(), calls.clone());
+        move || {
+            let (gate, calls) = (gate.clone(), calls.clone());
+            async move {
+                calls.fetch_add(1, SeqCst);
+                gate.acquire().await.unwrap().forget();
+                "done"
+            }
+        }
+    };
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route("/slow", get(slow)).layer(
+        ServiceBuilder::new()
+            .layer(handle.layer())
+            .layer(tower::layer::layer_fn({
+                let waiting = waiting.clone();
+                move |inner| CountWaiting::new(inner, waiting.clone())
+            }))
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(1)),
+    );
+    let addr = serve(app);
+    let holder = tokio::spawn(async move { request(addr, "/slow", "*/*").await.0.status() });
+    until(|| calls.load(SeqCst) == 1).await;
+
+    // Two requests that the limit keeps waiting, one of each kind.
+    let plain = tokio::spawn(common::get(addr, "/slow", &[]));
+    let stream = tokio::spawn(common::get(
+        addr,
+        "/slow",
+        &[("accept", "text/event-stream")],
+    ));
+    until(|| waiting.load(SeqCst) == 2).await;
+
+    let drain = handle.drain();
+    let (res, _conn) = woken(plain).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_default_retry_after(&res);
+    let (res, _conn) = woken(stream).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let notice = rest(&mut events(res.into_body())).await;
+    assert_eq!(notice.len(), 1, "{notice:?}");
+    assert_shutdown_event(&notice[0]);
+
+    assert!(
+        !holder.is_finished(),
+        "the slow handler still holds the permit"
+    );
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "a rejected request reached the handler"
+    );
+    gate.add_permits(1);
+    assert_eq!(within(holder).await.unwrap(), StatusCode::OK);
+    let report = within(drain).await;
+    assert_eq!(
+        (report.in_flight, report.closed, report.rejected),
+        (1, 1, 2)
+    );
+}
+
+/// The answer to a request sent before the drain, which must come at once.
+async fn woken<T>(task: tokio::task::JoinHandle<Result<T, String>>) -> T {
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("a request waiting in poll_ready was not woken by the drain")
+        .unwrap()
+        .unwrap()
+}
+
+/// Counts the requests whose `poll_ready` the inner service answered
+/// `Pending` (each once): the signal that a request is waiting for it. Axum
+/// clones the route's service for every request.
+struct CountWaiting<S> {
+    inner: S,
+    waiting: Arc<AtomicUsize>,
+    counted: bool,
+}
+
+impl<S> CountWaiting<S> {
+    fn new(inner: S, waiting: Arc<AtomicUsize>) -> Self {
+        Self {
+            inner,
+            waiting,
+            counted: false,
+        }
+    }
+}
+
+impl<S: Clone> Clone for CountWaiting<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.waiting.clone())
+    }
+}
+
+impl<S: Service<R>, R> Service<R> for CountWaiting<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        let ready = self.inner.poll_ready(cx);
+        if ready.is_pending() && !self.counted {
+            self.counted = true;
+            self.waiting.fetch_add(1, SeqCst);
+        }
+        ready
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
 /// `Retry-After` with the default delay and jitter: whole seconds in 30..=45.
 fn assert_default_retry_after<B>(res: &http::Response<B>) {
     let secs: u64 = res.headers()[header::RETRY_AFTER]
