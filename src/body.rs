@@ -104,9 +104,11 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    // The path before the drain, inlined where the server polls the body:
-    // one phase load, the inner poll, the boundary tracked. Everything else
-    // is out of line in `poll_slow`.
+    // Inlined where the server polls it directly: the path before the drain
+    // then costs one phase load and the boundary's quick check. (A separate
+    // fast path, with this loop out of line, measured worse: 13 ns more per
+    // frame in `benches/body.rs`, for 10 instructions fewer per event end
+    // to end.)
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -121,35 +123,81 @@ where
                 waker,
             } => (body, guard, splice, waker),
         };
-        if let Some(g) = guard.as_mut() {
-            let phase = g.shared().phase();
-            if !Shared::is_draining(phase) {
-                match body.as_mut().poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        // A drain that starts now sees this frame out
-                        // untouched, its boundary tracked, and splices at
-                        // the next poll.
-                        if let (Some(splice), Some(data)) = (splice.as_mut(), frame.data_ref()) {
+        loop {
+            let Some(phase) = guard.as_ref().map(|g| g.shared().phase()) else {
+                return Poll::Ready(None);
+            };
+            if Shared::is_draining(phase) {
+                let notice = splice.as_mut().and_then(|s| {
+                    let guard = guard.as_ref()?;
+                    s.schedule(guard, phase, cx);
+                    s.notice(guard)
+                });
+                if let Some(frame) = notice {
+                    let end_after = guard
+                        .as_ref()
+                        .is_some_and(|g| g.shared().config.end_after_notice);
+                    if end_after || Shared::is_forced(phase) {
+                        *guard = None;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(frame))));
+                }
+                if Shared::is_forced(phase) {
+                    *guard = None;
+                    // An event stream ends cleanly: its client drops an
+                    // unfinished event and reconnects. Anything else was cut
+                    // short and must not look complete.
+                    if splice.is_some() || body.is_end_stream() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(DrainDeadline::boxed())));
+                }
+                if let Some(s) = splice.as_mut() {
+                    if let Some(rest) = s.take_rest().and_then(|rest| s.pass(*rest)) {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                }
+            }
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Some(splice) = splice.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    // The phase seen above, not a second load: a drain that
+                    // starts now sees this frame out untouched, its
+                    // boundary tracked, and splices at the next poll.
+                    if !Shared::is_draining(phase) {
+                        // The hot path: only the boundary to track.
+                        if let Some(data) = frame.data_ref() {
                             splice.boundary.advance(data);
                         }
                         return Poll::Ready(Some(Ok(frame)));
                     }
-                    Poll::Pending => {
-                        // Sleep until the inner body or the drain has news.
-                        if g.wait(waker, cx, phase).is_pending() {
-                            return Poll::Pending;
-                        }
-                        // The drain has started: the slow path.
+                    // Draining: take the frame out to cut it at a boundary.
+                    match frame.into_data() {
+                        Ok(data) => match splice.pass(data) {
+                            Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                            None => continue,
+                        },
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                     }
-                    Poll::Ready(end) => {
-                        // The response is over.
-                        *guard = None;
-                        return Poll::Ready(end.map(|r| r.map_err(Into::into)));
+                }
+                Poll::Ready(end) => {
+                    // The response is over.
+                    *guard = None;
+                    return Poll::Ready(end.map(|r| r.map_err(Into::into)));
+                }
+                Poll::Pending => {
+                    // Sleep until the inner body or the drain has news.
+                    let Some(guard) = guard.as_mut() else {
+                        return Poll::Pending; // never: only an end drops it
+                    };
+                    if guard.wait(waker, cx, phase).is_pending() {
+                        return Poll::Pending;
                     }
                 }
             }
         }
-        poll_slow(body, guard, splice, waker, cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -178,94 +226,6 @@ where
                 splice: Some(_), ..
             } => SizeHint::default(),
             Kind::Inner { body, .. } => body.size_hint(),
-        }
-    }
-}
-
-/// [`GracefulBody::poll_frame`] once the drain has started (or the body
-/// has ended): the notice spliced in on its schedule, the end at the grace
-/// period's.
-#[inline(never)]
-fn poll_slow<B>(
-    mut body: Pin<&mut B>,
-    guard: &mut Option<Guard>,
-    splice: &mut Option<Splice>,
-    waker: &mut Option<Waker>,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    loop {
-        let Some(phase) = guard.as_ref().map(|g| g.shared().phase()) else {
-            return Poll::Ready(None);
-        };
-        if Shared::is_draining(phase) {
-            let notice = splice.as_mut().and_then(|s| {
-                let guard = guard.as_ref()?;
-                s.schedule(guard, phase, cx);
-                s.notice(guard)
-            });
-            if let Some(frame) = notice {
-                let end_after = guard
-                    .as_ref()
-                    .is_some_and(|g| g.shared().config.end_after_notice);
-                if end_after || Shared::is_forced(phase) {
-                    *guard = None;
-                }
-                return Poll::Ready(Some(Ok(Frame::data(frame))));
-            }
-            if Shared::is_forced(phase) {
-                *guard = None;
-                // An event stream ends cleanly: its client drops an
-                // unfinished event and reconnects. Anything else was cut
-                // short and must not look complete.
-                if splice.is_some() || body.is_end_stream() {
-                    return Poll::Ready(None);
-                }
-                return Poll::Ready(Some(Err(DrainDeadline::boxed())));
-            }
-            if let Some(s) = splice.as_mut() {
-                if let Some(rest) = s.take_rest().and_then(|rest| s.pass(*rest)) {
-                    return Poll::Ready(Some(Ok(Frame::data(rest))));
-                }
-            }
-        }
-        match body.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let Some(splice) = splice.as_mut() else {
-                    return Poll::Ready(Some(Ok(frame)));
-                };
-                if !Shared::is_draining(phase) {
-                    if let Some(data) = frame.data_ref() {
-                        splice.boundary.advance(data);
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                // Draining: take the frame out to cut it at a boundary.
-                match frame.into_data() {
-                    Ok(data) => match splice.pass(data) {
-                        Some(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                        None => continue,
-                    },
-                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-                }
-            }
-            Poll::Ready(end) => {
-                // The response is over.
-                *guard = None;
-                return Poll::Ready(end.map(|r| r.map_err(Into::into)));
-            }
-            Poll::Pending => {
-                // Sleep until the inner body or the drain has news.
-                let Some(guard) = guard.as_mut() else {
-                    return Poll::Pending; // never: only an end drops it
-                };
-                if guard.wait(waker, cx, phase).is_pending() {
-                    return Poll::Pending;
-                }
-            }
         }
     }
 }
