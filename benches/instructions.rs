@@ -9,6 +9,12 @@
 //! end-to-end overhead (server and client together, as the wall-clock
 //! benchmark measures it).
 //!
+//! A third endpoint puts the thinnest body layer there is on the route: one
+//! that wraps the body and forwards every call (`Forward` below). axum boxes
+//! any layered body a second time, so this is the floor under any body
+//! middleware on an axum route, ours included, and the bench reports the
+//! layer's cost above it too.
+//!
 //! Run with: `cargo bench --bench instructions` (needs `valgrind`).
 
 #[path = "../tests/common/mod.rs"]
@@ -37,7 +43,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let [_, child, layer, n] = &args[..] {
         if child == "--child" {
-            return serve_and_read(layer == "with", n.parse().unwrap());
+            return serve_and_read(layer, n.parse().unwrap());
         }
     }
     if Command::new("valgrind").arg("--version").output().is_err() {
@@ -49,20 +55,27 @@ fn main() {
             .map(|_| (count(layer, N2) - count(layer, N1)) as f64 / (N2 - N1) as f64)
             .collect()
     };
-    // Alternate, so that whatever drifts affects both alike.
-    let (mut bare, mut layered) = (Vec::new(), Vec::new());
+    // Alternate, so that whatever drifts affects all alike.
+    let (mut bare, mut forward, mut layered) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         bare.extend(per_event("without"));
+        forward.extend(per_event("forward"));
         layered.extend(per_event("with"));
     }
-    let (bare, layered) = (median(bare), median(layered));
+    let (bare, forward, layered) = (median(bare), median(forward), median(layered));
+    let pct = |a: f64, b: f64| (a / b - 1.0) * 100.0;
     println!("\n== end to end, instructions per event (callgrind), {N2} - {N1} events ==");
     println!("bare endpoint      {bare:>10.0} instructions/event");
+    println!(
+        "forwarding layer   {forward:>10.0} instructions/event  ({:+.2} % of bare: the floor of any body layer on an axum route)",
+        pct(forward, bare)
+    );
     println!("with the layer     {layered:>10.0} instructions/event");
     println!(
-        "ratio              {:>10.4}  ({:+.2} %)",
+        "ratio              {:>10.4}  ({:+.2} %; {:+.2} % above the forwarding layer)",
         layered / bare,
-        (layered / bare - 1.0) * 100.0
+        pct(layered, bare),
+        pct(layered, forward)
     );
 }
 
@@ -88,8 +101,37 @@ fn count(layer: &str, n: usize) -> u64 {
     collected.trim().parse().unwrap()
 }
 
-/// The child: one runtime thread, one server, one client, `n` events.
-fn serve_and_read(layer: bool, n: usize) {
+pin_project_lite::pin_project! {
+    /// A body that forwards every call to the one it wraps.
+    struct Forward<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Forward<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The child: one runtime thread, one server, one client, `n` events;
+/// `layer` is `without`, `forward` or `with`.
+fn serve_and_read(layer: &str, n: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,10 +146,14 @@ fn serve_and_read(layer: bool, n: usize) {
                 ))
             }),
         );
-        let app = if layer {
-            app.layer(handle.layer())
-        } else {
-            app
+        let app = match layer {
+            "with" => app.layer(handle.layer()),
+            "forward" => app.layer(axum::middleware::map_response(
+                |res: axum::response::Response| async move {
+                    res.map(|inner| axum::body::Body::new(Forward { inner }))
+                },
+            )),
+            _ => app,
         };
         let addr = common::serve(app);
         let (res, _conn) = common::request(addr, "/", "text/event-stream").await;

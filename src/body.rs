@@ -168,10 +168,13 @@ where
                     // boundary tracked, and splices at the next poll.
                     if !Shared::is_draining(phase) {
                         // The hot path: only the boundary to track.
-                        if let Some(data) = frame.data_ref() {
-                            splice.boundary.advance(data);
-                        }
-                        return Poll::Ready(Some(Ok(frame)));
+                        return Poll::Ready(Some(Ok(match frame.into_data() {
+                            Ok(data) => {
+                                splice.boundary.advance(&data);
+                                Frame::data(data)
+                            }
+                            Err(frame) => frame,
+                        })));
                     }
                     // Draining: take the frame out to cut it at a boundary.
                     match frame.into_data() {
