@@ -172,6 +172,7 @@ mod sse;
 pub mod state;
 #[cfg(not(loom))]
 mod state;
+mod task;
 #[cfg(feature = "hyper-util")]
 mod watch;
 
