@@ -337,14 +337,16 @@ fn phase_change_racing_a_waiter(register_first: bool) {
     });
 }
 
-/// The hot path before the drain: a body registered once waits again with
-/// the same waker and takes no lock (it returns at once), while the drain
-/// starts. The drain's start still wakes it, or it sees the drain; and a
+/// The hot path before the drain, racing the drain's start: a body
+/// registered once is woken, polled again, and waits with the same waker
+/// (taking no lock, returning at once) for as long as it sees no drain. Its
+/// last wait must be followed by a wake, or it must have seen the drain; a
 /// second body, dropped meanwhile, gives its slot back without disturbing
-/// the first.
-#[test]
-fn a_waiter_that_returns_without_the_lock_is_still_woken_by_the_drain() {
-    model(|| {
+/// the first. `store_first` is the drain's order (the phase, then the wake);
+/// `false` wakes first, which the model must catch: the body re-polled by
+/// that wake still sees no drain, and nothing wakes it again.
+fn fast_path_racing_the_drain(store_first: bool) {
+    model(move || {
         let state = Arc::new(State::new());
         let wakers = Arc::new(Wakers::new());
         let (woken, waker) = flag();
@@ -366,21 +368,54 @@ fn a_waiter_that_returns_without_the_lock_is_still_woken_by_the_drain() {
         let drain = {
             let (state, wakers) = (state.clone(), wakers.clone());
             thread::spawn(move || {
-                state.start_drain();
-                wakers.wake_all();
+                if store_first {
+                    state.start_drain();
+                    wakers.wake_all();
+                } else {
+                    wakers.wake_all();
+                    state.start_drain();
+                }
             })
         };
-        // The next poll: before the drain, same waker, no lock.
-        let seen = state.phase();
-        let fast = seen & DRAINING == 0;
+        // Each wake polls the body again: the fast path while no drain is
+        // seen (the slot is not touched). Two polls cover a wake between.
+        let mut saw_drain = false;
+        for _ in 0..2 {
+            if state.phase() & DRAINING != 0 {
+                saw_drain = true;
+                break;
+            }
+            // Taken with a compare-exchange: loom 0.7.3 lets a `swap` read
+            // past a plain store made before it.
+            if woken
+                .0
+                .compare_exchange(true, false, SeqCst, SeqCst)
+                .is_err()
+            {
+                break;
+            }
+        }
         other.join().unwrap();
         drain.join().unwrap();
         assert!(
-            !fast || woken.0.load(SeqCst),
-            "returned pending before the drain, never woken by it"
+            saw_drain || woken.0.load(SeqCst),
+            "pending on the fast path, never woken by the drain"
         );
         wakers.remove(key);
     });
+}
+
+#[test]
+fn a_waiter_that_returns_without_the_lock_is_still_woken_by_the_drain() {
+    fast_path_racing_the_drain(true);
+}
+
+/// The model finds the lost wake-up of a drain that wakes before it stores
+/// the phase.
+#[test]
+#[should_panic(expected = "never woken by the drain")]
+fn waking_before_storing_the_drain_loses_the_fast_path() {
+    fast_path_racing_the_drain(false);
 }
 
 #[test]
