@@ -7,6 +7,16 @@
 //! alternate the two servers; the bytes added per stream are the difference
 //! of the two medians of `(after - before) / N`.
 //!
+//! Both ways of serving an axum `Router` are measured, each against its own
+//! bare server:
+//!
+//! - `into_make_service`: `axum::serve(listener, router.into_make_service())`
+//!   builds the router's routes once;
+//! - `serve(router)`: `axum::serve(listener, router)` builds them again for
+//!   every connection (its `Service<IncomingStream>` calls `with_state`), so
+//!   each connection keeps its own copies of every route's service, layers
+//!   included.
+//!
 //! Run with: `cargo bench --bench memory` (`-- --streams N --rounds R`).
 
 #[path = "../tests/common/mod.rs"]
@@ -23,6 +33,10 @@ use tower_graceful_sse::{Config, DrainHandle, GracefulBody};
 #[global_allocator]
 static ALLOC: alloc::Counting = alloc::Counting;
 
+/// The two ways of serving the router (see the module docs).
+const MAKE: &str = "into_make_service";
+const ROUTER: &str = "serve(router)";
+
 /// The server process: prints its address, then serves until killed.
 fn server_if_asked() {
     let Ok(variant) = std::env::var("MEMORY_SERVER") else {
@@ -37,10 +51,17 @@ fn server_if_asked() {
     rt.block_on(async {
         let handle = DrainHandle::new(Config::default());
         let mut app = Router::new().route("/events", get(idle));
-        if variant == "layer" {
+        let (layer, serving) = variant.split_once(':').unwrap();
+        if layer == "layer" {
             app = app.route_layer(handle.layer());
         }
-        println!("{}", common::serve(app));
+        if serving == MAKE {
+            let listener = common::listener(std::net::Ipv4Addr::LOCALHOST);
+            println!("{}", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
+        } else {
+            println!("{}", common::serve(app));
+        }
         // One heap snapshot per line read on stdin.
         let mut stdin = BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(_)) = stdin.next_line().await {
@@ -150,24 +171,47 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut bare, mut layer) = (Vec::new(), Vec::new());
-    rt.block_on(async {
-        for round in 0..rounds {
-            for k in 0..2 {
-                if (round + k) % 2 == 0 {
-                    bare.push(per_stream("bare", streams).await);
-                } else {
-                    layer.push(per_stream("layer", streams).await);
-                }
-            }
-            let (b, l) = (&bare[round], &layer[round]);
-            println!(
-                "round {round}: resident bare {:.0} B/stream, layer {:.0} B/stream; \
-                 heap bare {:.0} B/stream, layer {:.0} B/stream",
-                b.rss, l.rss, b.heap.bytes, l.heap.bytes
-            );
-        }
+    let [make, router] = [MAKE, ROUTER].map(|serving| {
+        let (bare, layer) = rt.block_on(measure(serving, streams, rounds));
+        report(serving, streams, &bare, &layer)
     });
+    println!(
+        "\nthe bare server, {ROUTER} against {MAKE}: {:+.0} resident, {:+.0} heap bytes per connection",
+        router.0 - make.0,
+        router.1 - make.1
+    );
+    println!(
+        "(for scale: size_of::<GracefulBody<axum::body::Body>>() = {} B)",
+        size_of::<GracefulBody<axum::body::Body>>()
+    );
+}
+
+/// `rounds` rounds of the bare and the layered server served the `serving`
+/// way, alternating which goes first.
+async fn measure(serving: &str, streams: usize, rounds: usize) -> (Vec<PerStream>, Vec<PerStream>) {
+    let (mut bare, mut layer) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for k in 0..2 {
+            if (round + k) % 2 == 0 {
+                bare.push(per_stream(&format!("bare:{serving}"), streams).await);
+            } else {
+                layer.push(per_stream(&format!("layer:{serving}"), streams).await);
+            }
+        }
+        let (b, l) = (&bare[round], &layer[round]);
+        println!(
+            "{serving} round {round}: resident bare {:.0} B/stream, layer {:.0} B/stream; \
+             heap bare {:.0} B/stream, layer {:.0} B/stream",
+            b.rss, l.rss, b.heap.bytes, l.heap.bytes
+        );
+    }
+    (bare, layer)
+}
+
+/// Prints the medians; returns the bare server's resident and heap bytes per
+/// stream.
+fn report(serving: &str, streams: usize, bare: &[PerStream], layer: &[PerStream]) -> (f64, f64) {
+    let rounds = bare.len();
     // Which blocks the layer adds, from the last round.
     let (b, l) = (&bare[rounds - 1].heap, &layer[rounds - 1].heap);
     println!("\nheap blocks added per stream by the layer (requested size: blocks per stream):");
@@ -184,7 +228,7 @@ fn main() {
         median(layer.iter().map(|p| p.rss).collect()),
     );
     println!(
-        "\n== memory: resident bytes per open idle SSE stream, {streams} streams, median of {rounds} rounds =="
+        "\n== memory, {serving}: resident bytes per open idle SSE stream, {streams} streams, median of {rounds} rounds =="
     );
     println!("without the layer {b:>10.0} B/stream");
     println!("with the layer    {l:>10.0} B/stream  ratio {:.3}", l / b);
@@ -193,8 +237,5 @@ fn main() {
         "heap (requested bytes): without {hb:.0}, with {hl:.0}, added {:.0} B/stream",
         hl - hb
     );
-    println!(
-        "(for scale: size_of::<GracefulBody<axum::body::Body>>() = {} B)",
-        size_of::<GracefulBody<axum::body::Body>>()
-    );
+    (b, hb)
 }

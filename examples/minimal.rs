@@ -29,7 +29,7 @@ async fn main() {
         listener.local_addr().unwrap()
     );
     // A client that stops reading cannot hold the server past the deadline.
-    axum::serve(handle.listener(listener), app(&handle))
+    axum::serve(handle.listener(listener), app(&handle).into_make_service())
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             let report = handle.drain().await;

@@ -131,9 +131,9 @@ impl DrainHandle {
     /// Wraps an axum listener so that its connections are closed at the
     /// drain's [deadline](Drain::deadline): see [`GracefulListener`](crate::GracefulListener).
     ///
-    /// `axum::serve(handle.listener(listener), app)` is the one line that
-    /// keeps a client that stops reading from holding the server past the
-    /// grace period.
+    /// `axum::serve(handle.listener(listener), app.into_make_service())` is
+    /// the one line that keeps a client that stops reading from holding the
+    /// server past the grace period.
     #[cfg(feature = "axum")]
     #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
     pub fn listener<L>(&self, listener: L) -> crate::GracefulListener<L> {

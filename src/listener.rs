@@ -22,7 +22,7 @@ use std::{fmt, io};
 /// let handle = DrainHandle::new(Config::default());
 /// let app: Router = Router::new().route("/events", get(|| async { "..." }));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-/// axum::serve(handle.listener(listener), app.layer(handle.layer()))
+/// axum::serve(handle.listener(listener), app.layer(handle.layer()).into_make_service())
 ///     .with_graceful_shutdown(async move {
 ///         tokio::signal::ctrl_c().await.ok();
 ///         handle.drain().await;

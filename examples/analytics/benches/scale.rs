@@ -508,7 +508,7 @@ fn baseline_if_asked() {
             .unwrap();
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        axum::serve(listener, app)
+        axum::serve(listener, app.into_make_service())
             .with_graceful_shutdown(async move {
                 term.recv().await;
                 drain.drain().await;
