@@ -45,7 +45,9 @@
 //! short [linger](Config::linger) (default 1 s) that lets the last bytes out:
 //!
 //! - axum: serve [`DrainHandle::listener`]`(listener)` instead of the listener
-//!   (cargo feature `axum`);
+//!   (cargo feature `axum`), and the router as `router.into_make_service()`:
+//!   `axum::serve(listener, router)` builds the routes again for every
+//!   connection, each with its own copies of the layered routes' services;
 //! - hyper-util: spawn [`DrainHandle::watch`]`(connection)` instead of the
 //!   connection (cargo feature `hyper-util`); it also shuts the connection
 //!   down gracefully when the drain starts;
