@@ -58,7 +58,11 @@ fn server_if_asked() {
         if serving == MAKE {
             let listener = common::listener(std::net::Ipv4Addr::LOCALHOST);
             println!("{}", listener.local_addr().unwrap());
-            tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
+            tokio::spawn(async move {
+                axum::serve(listener, app.into_make_service())
+                    .await
+                    .unwrap()
+            });
         } else {
             println!("{}", common::serve(app));
         }
