@@ -76,20 +76,19 @@ fn main() {
             (count(&link, layer, N2) - count(&link, layer, N1)) as f64 / (N2 - N1) as f64
         };
         let [bare, forward, layered] = ["without", "forward", "with"].map(per_event);
-        println!(
-            "layout {len:>3}: bare {bare:.0}, forwarding {forward:.0} ({:+.2} %), with the layer {layered:.0} ({:+.2} %; {:+.2} % above forwarding)",
+        let ratio = [
             pct(forward, bare),
             pct(layered, bare),
-            pct(layered, forward)
+            pct(layered, forward),
+        ];
+        println!(
+            "layout {len:>3}: bare {bare:.0}, forwarding {forward:.0} ({:+.2} %), with the layer {layered:.0} ({:+.2} %; {:+.2} % above forwarding)",
+            ratio[0], ratio[1], ratio[2]
         );
         for (all, x) in counts.iter_mut().zip([bare, forward, layered]) {
             all.push(x);
         }
-        for (all, x) in ratios.iter_mut().zip([
-            pct(forward, bare),
-            pct(layered, bare),
-            pct(layered, forward),
-        ]) {
+        for (all, x) in ratios.iter_mut().zip(ratio) {
             all.push(x);
         }
     }

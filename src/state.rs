@@ -206,8 +206,8 @@ impl State {
 /// change: before the drain, a waiter that waits again with the same waker
 /// takes no lock (see `shared::wait_phase`).
 ///
-/// A slot is a waker (16 bytes) in one vector: beside the body it serves, no
-/// allocation of its own.
+/// A slot is a waker (16 bytes) in pages of 256: no allocation of its own
+/// beside the body it serves.
 #[derive(Debug, Default)]
 pub struct Wakers {
     slots: Mutex<Slots>,
