@@ -33,15 +33,16 @@ pin_project! {
         Inner {
             #[pin]
             body: B,
-            // `None` once the body has ended: the count is released at once.
-            guard: Option<Guard>,
+            guard: Guard,
             // `Some` for a `text/event-stream` body that can take the notice.
             splice: Option<Splice>,
             // The waker in the body's slot among the handle's wakers, whose
             // key the guard holds (see `shared::wait_phase`).
             waker: Option<Waker>,
         },
-        // A rejection: one chunk, then the end.
+        // A rejection's one chunk, then the end; or, with no chunk, a body
+        // that has ended: the inner body and the guard are dropped the
+        // moment it ends, and the count with them.
         Full { chunk: Option<Bytes> },
     }
 }
@@ -77,12 +78,16 @@ enum Progress {
 /// body bigger.
 type Rest = Option<Box<Bytes>>;
 
+impl<B> Kind<B> {
+    const ENDED: Self = Kind::Full { chunk: None };
+}
+
 impl<B> GracefulBody<B> {
     pub(crate) fn new(body: B, guard: Guard, sse: bool) -> Self {
         Self {
             kind: Kind::Inner {
                 body,
-                guard: Some(guard),
+                guard,
                 splice: sse.then(Splice::default),
                 waker: None,
             },
@@ -114,43 +119,38 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (mut body, guard, splice, waker) = match self.project().kind.project() {
-            KindProj::Full { chunk } => return Poll::Ready(chunk.take().map(Frame::data).map(Ok)),
-            KindProj::Inner {
-                body,
-                guard,
-                splice,
-                waker,
-            } => (body, guard, splice, waker),
-        };
+        let mut kind = self.project().kind;
         loop {
-            let Some(phase) = guard.as_ref().map(|g| g.shared().phase()) else {
-                return Poll::Ready(None);
+            let (mut body, guard, splice, waker) = match kind.as_mut().project() {
+                KindProj::Inner {
+                    body,
+                    guard,
+                    splice,
+                    waker,
+                } => (body, guard, splice, waker),
+                KindProj::Full { chunk } => {
+                    return Poll::Ready(chunk.take().map(Frame::data).map(Ok));
+                }
             };
+            let phase = guard.shared().phase();
             if Shared::is_draining(phase) {
                 let notice = splice.as_mut().and_then(|s| {
-                    let guard = guard.as_ref()?;
                     s.schedule(guard, phase, cx);
                     s.notice(guard)
                 });
                 if let Some(frame) = notice {
-                    let end_after = guard
-                        .as_ref()
-                        .is_some_and(|g| g.shared().config.end_after_notice);
-                    if end_after || Shared::is_forced(phase) {
-                        *guard = None;
+                    if guard.shared().config.end_after_notice || Shared::is_forced(phase) {
+                        kind.set(Kind::ENDED);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(frame))));
                 }
                 if Shared::is_forced(phase) {
-                    *guard = None;
                     // An event stream ends cleanly: its client drops an
                     // unfinished event and reconnects. Anything else was cut
                     // short and must not look complete.
-                    if splice.is_some() || body.is_end_stream() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Err(DrainDeadline::boxed())));
+                    let clean = splice.is_some() || body.is_end_stream();
+                    kind.set(Kind::ENDED);
+                    return Poll::Ready((!clean).then(|| Err(DrainDeadline::boxed())));
                 }
                 if let Some(s) = splice.as_mut() {
                     if let Some(rest) = s.take_rest().and_then(|rest| s.pass(*rest)) {
@@ -187,14 +187,12 @@ where
                 }
                 Poll::Ready(end) => {
                     // The response is over.
-                    *guard = None;
-                    return Poll::Ready(end.map(|r| r.map_err(Into::into)));
+                    let end = end.map(|r| r.map_err(Into::into));
+                    kind.set(Kind::ENDED);
+                    return Poll::Ready(end);
                 }
                 Poll::Pending => {
                     // Sleep until the inner body or the drain has news.
-                    let Some(guard) = guard.as_mut() else {
-                        return Poll::Pending; // never: only an end drops it
-                    };
                     if guard.wait(waker, cx, phase).is_pending() {
                         return Poll::Pending;
                     }
@@ -206,14 +204,8 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { chunk } => chunk.is_none(),
-            Kind::Inner {
-                body,
-                guard,
-                splice,
-                ..
-            } => {
-                guard.is_none()
-                    || (splice.as_ref().is_none_or(|s| !s.has_rest()) && body.is_end_stream())
+            Kind::Inner { body, splice, .. } => {
+                splice.as_ref().is_none_or(|s| !s.has_rest()) && body.is_end_stream()
             }
         }
     }
@@ -223,7 +215,6 @@ where
             Kind::Full { chunk } => {
                 SizeHint::with_exact(chunk.as_ref().map_or(0, |c| c.len() as u64))
             }
-            Kind::Inner { guard: None, .. } => SizeHint::with_exact(0),
             // The notice adds bytes and may cut the stream short.
             Kind::Inner {
                 splice: Some(_), ..
@@ -315,15 +306,9 @@ impl Splice {
 impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            Kind::Inner {
-                body,
-                guard,
-                splice,
-                ..
-            } => f
+            Kind::Inner { body, splice, .. } => f
                 .debug_struct("GracefulBody")
                 .field("inner", body)
-                .field("ended", &guard.is_none())
                 .field("sse", &splice.is_some())
                 .field(
                     "notified",

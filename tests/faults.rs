@@ -11,7 +11,17 @@ use futures_util::{StreamExt, stream};
 use http::{Request, Response, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -289,6 +299,72 @@ async fn body_error_releases_the_count() {
     );
     assert_eq!(handle.sse_streams(), 0);
     assert!(body.frame().await.is_none());
+}
+
+/// A body that sets its flag when dropped: what it holds (a subscription, a
+/// socket) goes with it.
+struct DropFlag<B> {
+    body: B,
+    dropped: Arc<AtomicBool>,
+}
+
+impl<B> DropFlag<B> {
+    fn new(body: B) -> (Self, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let flagged = Self {
+            body,
+            dropped: dropped.clone(),
+        };
+        (flagged, dropped)
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for DropFlag<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+}
+
+impl<B> Drop for DropFlag<B> {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The inner body is dropped the moment its response ends, at its own end
+/// or at the deadline, while the server still holds the layer's body: what
+/// it holds is freed with the count, not later.
+#[tokio::test]
+async fn inner_body_is_dropped_when_its_response_ends() {
+    let handle = DrainHandle::new(Config::default().grace_period(Duration::from_millis(50)));
+
+    // Its own end.
+    let event = Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"data: 1\n\n")));
+    let (inner, dropped) = DropFlag::new(StreamBody::new(stream::iter([event])));
+    let mut body = through_layer(&handle, "text/event-stream", inner);
+    assert!(body.frame().await.unwrap().is_ok());
+    assert!(!dropped.load(Ordering::SeqCst), "still streaming");
+    assert!(body.frame().await.is_none());
+    assert!(dropped.load(Ordering::SeqCst), "dropped at its end");
+    assert_eq!(handle.in_flight(), 0);
+
+    // The deadline: a download that never ends, cut when the grace period
+    // runs out.
+    let never = stream::pending::<Result<Frame<Bytes>, Infallible>>();
+    let (inner, dropped) = DropFlag::new(StreamBody::new(never));
+    let mut body = through_layer(&handle, "text/plain", inner);
+    let drain = handle.drain();
+    assert!(within(body.frame()).await.unwrap().is_err(), "cut");
+    assert!(dropped.load(Ordering::SeqCst), "dropped at the cut");
+    assert!(body.frame().await.is_none());
+    let report = within(drain).await;
+    assert_eq!((report.in_flight, report.force_closed), (1, 1));
 }
 
 /// A body that panics is released by its drop, which the unwinding server
