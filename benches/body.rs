@@ -44,6 +44,21 @@ struct Frames {
     next_pending: bool,
 }
 
+impl Frames {
+    /// `FRAMES` clones of `frame`, pending between them if `pending`.
+    fn new(frame: &Bytes, pending: bool) -> Self {
+        Self {
+            frame: frame.clone(),
+            left: FRAMES,
+            pending,
+            next_pending: false,
+        }
+    }
+}
+
+/// The cases measured: frame size, and pending between frames.
+const CASES: [(usize, bool); 3] = [(20, false), (1024, false), (20, true)];
+
 impl Body for Frames {
     type Data = Bytes;
     type Error = Infallible;
@@ -111,15 +126,10 @@ fn body_overhead(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
     let handle = DrainHandle::new(Config::default());
-    for (size, pending) in [(20, false), (1024, false), (20, true)] {
+    for (size, pending) in CASES {
         let param = format!("{size}B{}", if pending { "+pending" } else { "" });
         let frame = event(size);
-        let frames = || Frames {
-            frame: frame.clone(),
-            left: FRAMES,
-            pending,
-            next_pending: false,
-        };
+        let frames = || Frames::new(&frame, pending);
         compare(&mut group, &handle, &param, frames);
     }
     group.finish();
@@ -171,14 +181,9 @@ fn paired(handle: &DrainHandle) {
     println!(
         "\n== body overhead, paired: {ROUNDS} rounds, each drains every variant {REPS} times in turn =="
     );
-    for (size, pending) in [(20, false), (1024, false), (20, true)] {
+    for (size, pending) in CASES {
         let frame = event(size);
-        let frames = || Frames {
-            frame: frame.clone(),
-            left: FRAMES,
-            pending,
-            next_pending: false,
-        };
+        let frames = || Frames::new(&frame, pending);
         let param = format!("{size}B{}", if pending { "+pending" } else { "" });
         paired_rows(handle, &param, frames);
     }

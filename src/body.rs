@@ -82,6 +82,22 @@ impl<B> Kind<B> {
     const ENDED: Self = Kind::Full { chunk: None };
 }
 
+/// What a poll of the body gives.
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+/// The response is over, with `last`: the inner body and the guard go now,
+/// and the count with them.
+#[inline]
+fn ended<B>(mut kind: Pin<&mut Kind<B>>, last: Option<Result<Frame<Bytes>, B::Error>>) -> Polled
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let last = last.map(|r| r.map_err(Into::into));
+    kind.set(Kind::ENDED);
+    Poll::Ready(last)
+}
+
 impl<B> GracefulBody<B> {
     pub(crate) fn new(body: B, guard: Guard, sse: bool) -> Self {
         Self {
@@ -147,11 +163,7 @@ where
                             Err(frame) => frame,
                         })));
                     }
-                    Poll::Ready(end) => {
-                        let end = end.map(|r| r.map_err(Into::into));
-                        kind.set(Kind::ENDED);
-                        return Poll::Ready(end);
-                    }
+                    Poll::Ready(end) => return ended(kind, end),
                     Poll::Pending => {
                         // Sleep until the inner body or the drain has news;
                         // news of the drain goes on below.
@@ -192,10 +204,7 @@ where
 /// before it saw the phase change: the notice, the cut, the end. Out of
 /// line, so that the path before the drain stays small.
 #[inline(never)]
-fn poll_draining<B>(
-    mut kind: Pin<&mut Kind<B>>,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+fn poll_draining<B>(mut kind: Pin<&mut Kind<B>>, cx: &mut Context<'_>) -> Polled
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -253,12 +262,7 @@ where
                     Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
                 }
             }
-            Poll::Ready(end) => {
-                // The response is over.
-                let end = end.map(|r| r.map_err(Into::into));
-                kind.set(Kind::ENDED);
-                return Poll::Ready(end);
-            }
+            Poll::Ready(end) => return ended(kind, end),
             Poll::Pending => {
                 // Sleep until the inner body or the drain has news.
                 if guard.wait(waker, cx, phase).is_pending() {
