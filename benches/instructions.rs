@@ -26,7 +26,13 @@
 //! of the per-layout ratios. Within one layout, runs repeat to a few
 //! instructions.
 //!
-//! Run with: `cargo bench --bench instructions` (needs `valgrind`).
+//! Two kinds of stream: `bulk`, every event ready at once, so the body never
+//! goes pending; and `live`, which yields to the runtime before each event,
+//! as a stream fed by a channel or a timer does: each event is then two
+//! polls of the body, one pending, and a write of its own.
+//!
+//! Run with: `cargo bench --bench instructions` (needs `valgrind`; about
+//! two minutes).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -38,7 +44,7 @@ use axum::{
 };
 use bytes::Bytes;
 use common::median;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use http_body_util::BodyExt;
 use std::{convert::Infallible, process::Command};
 use tower_graceful_sse::{Config, DrainHandle};
@@ -54,15 +60,25 @@ const LAYOUTS: [usize; 8] = [1, 20, 40, 60, 80, 100, 120, 140];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, child, layer, n] = &args[..] {
+    if let [_, child, layer, n, stream] = &args[..] {
         if child == "--child" {
-            return serve_and_read(layer, n.parse().unwrap());
+            return serve_and_read(layer, n.parse().unwrap(), stream == "live");
         }
     }
     if Command::new("valgrind").arg("--version").output().is_err() {
         eprintln!("instructions: valgrind is not installed; skipping");
         return;
     }
+    for stream in ["bulk", "live"] {
+        measure(stream);
+    }
+}
+
+/// Every variant under every layout, for one kind of stream: `bulk`, every
+/// event ready at once (the body never goes pending), or `live`, each event
+/// a moment later (the stream, and so the body, goes pending before each).
+fn measure(stream: &str) {
+    println!("\n{stream} stream:");
     let dir = std::env::temp_dir().join(format!("instructions-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exe = std::env::current_exe().unwrap();
@@ -73,7 +89,8 @@ fn main() {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&exe, &link).unwrap();
         let per_event = |layer: &str| {
-            (count(&link, layer, N2) - count(&link, layer, N1)) as f64 / (N2 - N1) as f64
+            (count(&link, layer, N2, stream) - count(&link, layer, N1, stream)) as f64
+                / (N2 - N1) as f64
         };
         let [bare, forward, layered] = ["without", "forward", "with"].map(per_event);
         let ratio = [
@@ -103,7 +120,7 @@ fn main() {
     let spread = ratios.each_ref().map(|v| range(v));
     let [floor, total, own] = ratios.map(median);
     println!(
-        "\n== end to end, instructions per event (callgrind), {N2} - {N1} events, medians of {} layouts ==",
+        "\n== end to end, {stream} stream, instructions per event (callgrind), {N2} - {N1} events, medians of {} layouts ==",
         LAYOUTS.len()
     );
     println!("bare endpoint      {bare:>10.0} instructions/event");
@@ -125,11 +142,11 @@ fn pct(a: f64, b: f64) -> f64 {
 }
 
 /// Total instructions of one child run, from callgrind's summary.
-fn count(exe: &std::path::Path, layer: &str, n: usize) -> u64 {
+fn count(exe: &std::path::Path, layer: &str, n: usize, stream: &str) -> u64 {
     let out = Command::new("valgrind")
         .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(exe)
-        .args(["--child", layer, &n.to_string()])
+        .args(["--child", layer, &n.to_string(), stream])
         .output()
         .unwrap();
     assert!(
@@ -174,22 +191,33 @@ impl<B: http_body::Body> http_body::Body for Forward<B> {
 }
 
 /// The child: one runtime thread, one server, one client, `n` events;
-/// `layer` is `without`, `forward` or `with`.
-fn serve_and_read(layer: &str, n: usize) {
+/// `layer` is `without`, `forward` or `with`. A `live` stream yields to the
+/// runtime before each event, as one fed by a channel or a timer does: the
+/// server's body goes pending, and hyper writes what it has, each time.
+fn serve_and_read(layer: &str, n: usize, live: bool) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
         let handle = DrainHandle::new(Config::default());
-        let app = Router::new().route(
-            "/",
-            get(move || async move {
-                Sse::new(stream::iter(
-                    (0..n).map(|_| Ok::<_, Infallible>(Event::default().data(DATA))),
-                ))
-            }),
-        );
+        let events =
+            move || stream::iter((0..n).map(|_| Ok::<_, Infallible>(Event::default().data(DATA))));
+        // Two handlers, not one stream for both: the bulk stream stays what
+        // it was before the live one was added.
+        let app = if live {
+            Router::new().route(
+                "/",
+                get(move || async move {
+                    Sse::new(events().then(|event| async move {
+                        tokio::task::yield_now().await;
+                        event
+                    }))
+                }),
+            )
+        } else {
+            Router::new().route("/", get(move || async move { Sse::new(events()) }))
+        };
         let app = match layer {
             "with" => app.layer(handle.layer()),
             "forward" => app.layer(axum::middleware::map_response(
