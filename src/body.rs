@@ -200,9 +200,10 @@ where
     }
 }
 
-/// [`GracefulBody::poll_frame`] once the drain has started, or when a wait
-/// before it saw the phase change: the notice, the cut, the end. Out of
-/// line, so that the path before the drain stays small.
+/// [`GracefulBody::poll_frame`] once the drain has started (or when a wait
+/// before it saw it start), and for a rejection or a body that has ended:
+/// the notice, the cut, the end. Out of line, so that the path before the
+/// drain stays small.
 #[inline(never)]
 fn poll_draining<B>(mut kind: Pin<&mut Kind<B>>, cx: &mut Context<'_>) -> Polled
 where
@@ -365,6 +366,10 @@ impl<B: fmt::Debug> fmt::Debug for GracefulBody<B> {
                         .as_ref()
                         .is_some_and(|s| matches!(s.progress, Progress::Sent(_))),
                 )
+                .finish(),
+            Kind::Full { chunk: None } => f
+                .debug_struct("GracefulBody")
+                .field("ended", &true)
                 .finish(),
             Kind::Full { chunk } => f
                 .debug_struct("GracefulBody")
