@@ -184,8 +184,9 @@ impl DrainHandle {
     }
 
     /// The number of open `text/event-stream` responses that can receive the
-    /// shutdown frame (not compressed ones: see the crate docs' caveats).
-    /// The `sse_active_connections` gauge follows it.
+    /// shutdown frame (not compressed ones, nor ones of declared length: see
+    /// the crate docs' caveats). The `sse_active_connections` gauge follows
+    /// it.
     #[must_use]
     pub fn sse_streams(&self) -> usize {
         self.shared.state.sse()

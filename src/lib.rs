@@ -71,8 +71,8 @@
 //!
 //! - `sse_active_connections` (gauge): open `text/event-stream` responses the
 //!   notice can enter, as [`DrainHandle::sse_streams`] counts them; a
-//!   compressed event stream (see the caveats) and any other body are not in
-//!   it (they are in [`DrainHandle::in_flight`]).
+//!   compressed event stream, one of declared length (see the caveats) and
+//!   any other body are not in it (they are in [`DrainHandle::in_flight`]).
 //! - `sse_shutdown_duration_seconds` (gauge): how long the drain has run,
 //!   updated every second while it runs, final once it ends:
 //!   [`DrainReport::elapsed`].
@@ -91,6 +91,11 @@
 //!   compression layer outside this one: the notice is then compressed with
 //!   the rest. (tower-http's default predicate never compresses event
 //!   streams.) `RELIABILITY.md` shows each order.
+//! - An event stream whose handler set `Content-Length` (a finite list of
+//!   events, or an upstream's headers passed on) is counted but never
+//!   spliced either: the notice would overrun the declared length, which
+//!   HTTP/1.1 truncates and HTTP/2 resets. It runs to its end within the
+//!   grace period, or is cut at the deadline, as any other body.
 //! - A body that is not an event stream (a CSV download, a long JSON response)
 //!   and is still running at the deadline is cut: it fails with
 //!   [`DrainDeadline`], so the server aborts it (HTTP/1.1 closes the

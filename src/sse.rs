@@ -17,8 +17,9 @@ pub(crate) fn accepts_event_stream<B>(req: &Request<B>) -> bool {
     })
 }
 
-/// True for a `text/event-stream` response whose bytes are plain SSE: the
-/// notice cannot be spliced into a compressed stream.
+/// True for a `text/event-stream` response whose bytes are plain SSE and of
+/// no declared length: the notice cannot be spliced into a compressed stream,
+/// nor into one whose `Content-Length` it would overrun.
 pub(crate) fn is_spliceable<B>(res: &Response<B>) -> bool {
     let headers = res.headers();
     let event_stream = headers
@@ -30,7 +31,7 @@ pub(crate) fn is_spliceable<B>(res: &Response<B>) -> bool {
         .get_all(header::CONTENT_ENCODING)
         .iter()
         .all(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    event_stream && plain
+    event_stream && plain && !headers.contains_key(header::CONTENT_LENGTH)
 }
 
 /// The shutdown frame, encoded once per drain around the parts that vary

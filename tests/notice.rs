@@ -204,3 +204,59 @@ async fn size_hint_and_end_of_stream_pass_through() {
     assert!(sse.frame().await.is_none());
     assert_eq!(handle.in_flight(), 0);
 }
+
+/// An event stream whose handler declared its length (a finite list of
+/// events): the notice would overrun `Content-Length` (HTTP/1.1 truncates
+/// the body there, HTTP/2 resets the stream), so it is never spliced in, and
+/// the response runs to its declared end during the drain, byte for byte.
+#[tokio::test]
+async fn event_stream_of_declared_length_runs_to_its_end_without_the_notice() {
+    const ONE: &[u8] = b"data: one\n\n";
+    const TWO: &[u8] = b"data: two\n\n";
+    let handle = DrainHandle::new(Config::default());
+    let second = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let release = second.clone();
+    let app = Router::new()
+        .route(
+            "/finite",
+            get(move || {
+                let second = second.clone();
+                async move {
+                    use futures_util::StreamExt as _;
+                    let one = stream::once(async { Ok::<_, Infallible>(Bytes::from_static(ONE)) });
+                    let two = stream::once(async move {
+                        let _ = second.acquire().await;
+                        Ok(Bytes::from_static(TWO))
+                    });
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, "text/event-stream")
+                        .header(header::CONTENT_LENGTH, ONE.len() + TWO.len())
+                        .body(axum::body::Body::from_stream(one.chain(two)))
+                        .unwrap()
+                }
+            }),
+        )
+        .layer(handle.layer());
+    let addr = serve(app);
+    let (res, _conn) = request(addr, "/finite", "text/event-stream").await;
+    let mut body = res.into_body();
+    let first = within(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), ONE);
+    assert_eq!(handle.in_flight(), 1);
+    assert_eq!(handle.sse_streams(), 0, "not one the notice can enter");
+
+    // The body's first poll in the drain would give the notice before the
+    // inner body, whenever the last event comes.
+    let drain = handle.drain();
+    release.add_permits(1);
+    let (rest, end) = body_and_end(body).await;
+    assert_eq!(end, Ok(()), "a clean end at the declared length");
+    assert_eq!(rest, TWO, "the rest of the declared bytes, no notice");
+
+    let report = within(drain).await;
+    assert_eq!(
+        (report.in_flight, report.sse_streams, report.notified),
+        (1, 0, 0)
+    );
+    assert_eq!((report.closed, report.force_closed), (1, 0));
+}
