@@ -16,9 +16,11 @@ use tokio::{sync::futures::OwnedNotified, time::Instant};
 /// and by [`DrainHandle::drained`](crate::DrainHandle::drained), which only
 /// waits for one.
 ///
-/// Resolves to the report once every response has ended or the grace period
-/// has run out; completes immediately if the drain is already over, and
-/// waits for as long as no drain is started.
+/// Resolves to the report once every response has ended, or once the grace
+/// period has run out and the responses it ended have gone (at the latest
+/// at the [deadline](Self::deadline), for those whose client does not
+/// read); completes immediately if the drain is already over, and waits for
+/// as long as no drain is started.
 ///
 /// One type for both: what they wait for is the same report, and the
 /// [deadline](Self::deadline) is known to both once the drain has started.

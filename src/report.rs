@@ -15,8 +15,9 @@ pub struct DrainReport {
     /// in_flight`.
     pub sse_streams: usize,
     /// Open SSE streams whose shutdown frame was handed to the server to
-    /// write (rejected SSE requests, which get it too, count under
-    /// `rejected`); by priority with [`notified_at`](Self::notified_at).
+    /// write, those ended by the grace period's end included (rejected SSE
+    /// requests, which get it too, count under `rejected`); by priority with
+    /// [`notified_at`](Self::notified_at).
     pub notified: usize,
     pub(crate) notified_by_priority: [usize; 3],
     /// When the first notice went out, from the start of the drain.

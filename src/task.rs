@@ -101,6 +101,28 @@ impl Shared {
                 }
             }
         };
+        let elapsed = started.elapsed();
+        if force_closed > 0 {
+            // A body ended by the deadline ends at its next poll, after its
+            // notice where it stands at an event boundary (with a grace
+            // period of zero, every idle stream): wait for those to go, up to
+            // the connections' deadline, so that the report counts their
+            // notices. One whose client does not read is never polled again,
+            // and is cut at that deadline below.
+            let cut = tokio::time::sleep_until(self.deadline().expect("the plan is set"));
+            tokio::pin!(cut);
+            loop {
+                let closed = self.all_closed.notified();
+                if open() == 0 {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    () = closed => {}
+                    () = &mut cut => break,
+                }
+            }
+        }
         // The notices first, then the late streams: a stream is marked before
         // its notice goes out, so every notice counted here has its stream
         // counted below, and `notified <= sse_streams <= in_flight`.
@@ -120,7 +142,7 @@ impl Shared {
             force_closed,
             rejected: self.rejected.load(Ordering::Acquire),
             reconnect_window: self.plan().window(),
-            elapsed: started.elapsed(),
+            elapsed,
         };
         tracing::info!(
             notified = report.notified,

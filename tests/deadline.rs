@@ -170,3 +170,49 @@ async fn body_stuck_mid_event_is_ended_cleanly_at_the_grace_period_without_a_not
     assert_eq!(handle.in_flight(), 0);
     drop(fed);
 }
+
+/// A grace period of zero ends every stream at once, after its notice where
+/// it stands at an event boundary: here all 50 idle streams, over real
+/// sockets. The report counts every notice the clients got, also those
+/// written after the grace period's end, in every one of 10 drains (they
+/// were missing from it at random, down to 24 of 50). On two worker
+/// threads, so that the drain task and the bodies run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_period_zero_reports_every_notice_it_sends() {
+    for round in 0..10 {
+        let handle = DrainHandle::new(Config::default().grace_period(Duration::ZERO));
+        let addr = serve(
+            Router::new()
+                .route("/idle", get(idle))
+                .layer(handle.layer()),
+        );
+        let clients = futures_util::future::join_all((0..50).map(|_| async move {
+            let mut events = sse(addr, "/idle").await;
+            assert_eq!(next(&mut events).await.event, "hello");
+            events
+        }))
+        .await;
+        assert_eq!(handle.sse_streams(), 50);
+
+        let report = within(handle.drain()).await;
+        let mut notices = 0;
+        for mut events in clients {
+            let rest = rest(&mut events).await;
+            notices += rest.iter().filter(|e| e.event == "shutdown").count();
+        }
+        assert_eq!(
+            notices, 50,
+            "round {round}: every idle stream got its notice"
+        );
+        // Closed in time or force-closed: which, races with the timer.
+        assert_eq!(
+            (
+                report.sse_streams,
+                report.notified,
+                report.closed + report.force_closed
+            ),
+            (50, 50, 50),
+            "round {round}: {report}"
+        );
+    }
+}
