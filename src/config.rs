@@ -102,8 +102,9 @@ impl Config {
     /// # Errors
     ///
     /// An unset variable gives the default; a value that is empty, not a
-    /// number, negative, not finite or longer than a day is an error that names
-    /// the variable and the value. So is a notice window that does not end
+    /// number, negative, not finite or longer than a day (a rate: below one
+    /// stream a day) is an error that names the variable and the value as
+    /// set. So is a notice window that does not end
     /// before the grace period (see [`validate`](Self::validate)): the error
     /// names both variables and their values.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -127,8 +128,21 @@ impl Config {
             config.notice_window = window;
         }
         // Only a window from the environment can be refused here (the
-        // default has none): name the variables, the knobs to turn.
-        config.check_window(NOTICE_WINDOW_ENV, GRACE_PERIOD_ENV)?;
+        // default has none): name the variables, the knobs to turn, with
+        // their values as set.
+        if !config.window_fits() {
+            let shown = |name, d| std::env::var(name).unwrap_or_else(|_| seconds(d));
+            return Err(window_error(
+                (
+                    NOTICE_WINDOW_ENV,
+                    shown(NOTICE_WINDOW_ENV, config.notice_window),
+                ),
+                (
+                    GRACE_PERIOD_ENV,
+                    shown(GRACE_PERIOD_ENV, config.grace_period),
+                ),
+            ));
+        }
         Ok(config)
     }
 
@@ -162,30 +176,21 @@ impl Config {
         if let Some(rate) = self.reconnect_rate {
             check_rate("Config::reconnect_rate", &rate.to_string(), rate)?;
         }
-        self.check_window("Config::notice_window", "Config::grace_period")
-    }
-
-    fn check_window(
-        &self,
-        window_name: &'static str,
-        grace_name: &'static str,
-    ) -> Result<(), ConfigError> {
-        // A grace period of `Duration::MAX` never ends: any window fits.
-        if !self.notice_window.is_zero()
-            && self.notice_window >= self.grace_period
-            && self.grace_period != Duration::MAX
-        {
-            return Err(ConfigError::new(
-                window_name,
-                seconds(self.notice_window),
-                format!(
-                    "must end before the grace period, {grace_name}={:?}; \
-                     make the window shorter or the grace period longer",
-                    seconds(self.grace_period)
-                ),
+        if !self.window_fits() {
+            return Err(window_error(
+                ("Config::notice_window", seconds(self.notice_window)),
+                ("Config::grace_period", seconds(self.grace_period)),
             ));
         }
         Ok(())
+    }
+
+    /// No notice window, or one that ends before the grace period (one of
+    /// `Duration::MAX` never ends: any window fits).
+    fn window_fits(&self) -> bool {
+        self.notice_window.is_zero()
+            || self.notice_window < self.grace_period
+            || self.grace_period == Duration::MAX
     }
 
     /// How long a drain waits for streams to close before it ends the rest
@@ -455,6 +460,20 @@ pub(crate) fn seconds(d: Duration) -> String {
     format!("{}.{}", d.as_secs(), fraction.trim_end_matches('0'))
 }
 
+/// A notice window that does not end before the grace period: each named
+/// with its value.
+fn window_error(window: (&'static str, String), grace: (&'static str, String)) -> ConfigError {
+    ConfigError::new(
+        window.0,
+        window.1,
+        format!(
+            "must end before the grace period, {}={:?}; \
+             make the window shorter or the grace period longer",
+            grace.0, grace.1
+        ),
+    )
+}
+
 /// Reads a duration in seconds from the environment, if the variable is set.
 fn env_seconds(name: &'static str) -> Result<Option<Duration>, ConfigError> {
     env_var(name, parse_seconds)
@@ -482,7 +501,9 @@ fn env_var<T>(
     }
 }
 
-/// Parses a rate in streams per second: a number above zero.
+/// Parses a rate in streams per second: a number above zero, and at least
+/// one stream a day (below, a typo, as a duration above a day is: each
+/// stream's slot of the window is `1 / rate`).
 pub(crate) fn parse_rate(name: &'static str, value: &str) -> Result<f64, ConfigError> {
     let trimmed = value.trim();
     let rate: f64 = trimmed.parse().map_err(|_| {
@@ -493,6 +514,13 @@ pub(crate) fn parse_rate(name: &'static str, value: &str) -> Result<f64, ConfigE
         )
     })?;
     check_rate(name, value, rate)?;
+    if 1.0 / rate > MAX_SECONDS {
+        return Err(ConfigError::new(
+            name,
+            value,
+            "is below one stream a day (0.0000116 per second)",
+        ));
+    }
     Ok(rate)
 }
 

@@ -81,6 +81,14 @@ fn jitter_and_window_come_from_the_environment() {
         "invalid SHUTDOWN_NOTICE_WINDOW=\"5\": must end before the grace period, \
          SHUTDOWN_GRACE_PERIOD=\"5\"; make the window shorter or the grace period longer"
     );
+    // The values as set, not as read.
+    // SAFETY: as above.
+    unsafe { std::env::set_var(NOTICE_WINDOW_ENV, "05e0") };
+    assert_eq!(
+        Config::from_env().unwrap_err().to_string(),
+        "invalid SHUTDOWN_NOTICE_WINDOW=\"05e0\": must end before the grace period, \
+         SHUTDOWN_GRACE_PERIOD=\"5\"; make the window shorter or the grace period longer"
+    );
     // SAFETY: as above.
     unsafe { std::env::set_var(NOTICE_WINDOW_ENV, "4.5") };
     let config = Config::from_env().unwrap();
@@ -108,6 +116,8 @@ fn jitter_and_window_come_from_the_environment() {
         with(RECONNECT_RATE_ENV, Some(" 2.5 ")),
         Ok(Config::default().reconnect_rate(2.5))
     );
+    // One stream a day is the least.
+    assert!(with(RECONNECT_RATE_ENV, Some("0.0000116")).is_ok());
     for (bad, reason) in [
         (
             "0",
@@ -124,6 +134,11 @@ fn jitter_and_window_come_from_the_environment() {
         (
             "NaN",
             "must be a finite number of streams per second above zero",
+        ),
+        ("1e-9", "is below one stream a day (0.0000116 per second)"),
+        (
+            "4.94e-324",
+            "is below one stream a day (0.0000116 per second)",
         ),
         (
             "abc",
