@@ -48,14 +48,30 @@ pin_project! {
 }
 
 /// Splicing state of one SSE body.
-#[derive(Default)]
 struct Splice {
     boundary: Boundary,
     progress: Progress,
+    /// What the stream's next bytes must not carry, after the notice.
+    skip: Skip,
+}
+
+/// What must go from the bytes that follow the notice, for a stream that
+/// runs on after it.
+#[derive(Clone, Copy)]
+enum Skip {
+    Nothing,
     /// The notice went in after a CR: an LF opening the next chunk ends that
     /// CR's line and must not be read as a blank line after the notice.
-    skip_lf: bool,
+    Lf,
+    /// The notice went in before the stream's first byte: a byte order mark
+    /// leading it would now stand inside the stream, where a client reads it
+    /// as part of a field's name (and drops the line). Holds how many of its
+    /// bytes have gone already (a chunk may end inside it).
+    Bom(u8),
 }
+
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = "\u{feff}".as_bytes();
 
 /// How far one stream's notice has got.
 #[derive(Default)]
@@ -104,7 +120,7 @@ impl<B> GracefulBody<B> {
             kind: Kind::Inner {
                 body,
                 guard,
-                splice: sse.then(Splice::default),
+                splice: sse.then(Splice::new),
                 waker: None,
             },
         }
@@ -275,6 +291,14 @@ where
 }
 
 impl Splice {
+    fn new() -> Self {
+        Self {
+            boundary: Boundary::FRESH,
+            progress: Progress::Before,
+            skip: Skip::Nothing,
+        }
+    }
+
     /// Moves the notice on while draining: draws the stream's moment in the
     /// notice window when it first sees the drain, and makes the notice due
     /// once that moment has come (the timer is polled, so it wakes this
@@ -323,9 +347,36 @@ impl Splice {
             return None;
         }
         self.progress = Progress::Sent(self.take_rest());
-        self.skip_lf = self.boundary.after_cr();
+        self.skip = if self.boundary.after_cr() {
+            Skip::Lf
+        } else if self.boundary.is_fresh() {
+            Skip::Bom(0)
+        } else {
+            Skip::Nothing
+        };
         self.boundary = Boundary::default();
         Some(guard.shared().notice(guard.priority()))
+    }
+
+    /// `data` without the rest of a byte order mark, of which `gone` bytes
+    /// went from earlier chunks; if it turns out not to be one, those bytes
+    /// go back in front.
+    #[cold]
+    fn skip_bom(&mut self, gone: usize, data: Bytes) -> Bytes {
+        let rest = &BOM[gone..];
+        let n = rest.len().min(data.len());
+        if data[..n] != rest[..n] {
+            return if gone == 0 {
+                data
+            } else {
+                [&BOM[..gone], &data[..]].concat().into()
+            };
+        }
+        if n < rest.len() {
+            // The chunk ends inside the mark: the rest of it comes next.
+            self.skip = Skip::Bom((gone + n) as u8);
+        }
+        data.slice(n..)
     }
 
     /// Tracks a data chunk of a draining body and returns what to send now.
@@ -334,8 +385,14 @@ impl Splice {
     /// head goes now, the notice next, the tail after it (or never, if the
     /// stream ends after the notice). `None` means nothing is left to send.
     fn pass(&mut self, mut data: Bytes) -> Option<Bytes> {
-        if std::mem::take(&mut self.skip_lf) && data.first() == Some(&b'\n') {
-            data = data.slice(1..);
+        match std::mem::replace(&mut self.skip, Skip::Nothing) {
+            Skip::Nothing => {}
+            Skip::Lf => {
+                if data.first() == Some(&b'\n') {
+                    data = data.slice(1..);
+                }
+            }
+            Skip::Bom(gone) => data = self.skip_bom(gone.into(), data),
         }
         if data.is_empty() {
             return None;

@@ -172,9 +172,9 @@ pub(crate) struct Boundary {
     in_event: bool,
     /// The last byte was a CR: a following LF belongs to the same line end.
     after_cr: bool,
-    /// Unused: the fourth byte, a field so that a whole state is stored at
-    /// once.
-    _pad: u8,
+    /// No byte of the stream has passed yet: a byte order mark, which a
+    /// client ignores only there, may still lead it.
+    fresh: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,12 +197,23 @@ impl Boundary {
         line: Line::Start,
         in_event: false,
         after_cr: false,
-        _pad: 0,
+        fresh: false,
+    };
+
+    /// Where a stream starts, before its first byte.
+    pub(crate) const FRESH: Self = Self {
+        fresh: true,
+        ..Self::START
     };
 
     /// True if a whole event may be inserted here without joining another.
     pub(crate) fn is_boundary(&self) -> bool {
         self.line == Line::Start && !self.in_event
+    }
+
+    /// True if no byte of the stream has passed yet.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// True if the stream so far ends with a CR whose LF may still come.
@@ -243,6 +254,7 @@ impl Boundary {
     /// line and skips from there to the line's end.
     #[inline(never)]
     fn scan(&mut self, data: &[u8]) -> Option<usize> {
+        self.fresh &= data.is_empty();
         let mut last = None;
         let mut i = 0;
         while i < data.len() {

@@ -117,6 +117,34 @@ async fn notice_after_a_trailing_cr_swallows_its_lf_when_the_stream_runs_on() {
     assert_eq!((report.closed, report.force_closed), (1, 0));
 }
 
+/// A stream that runs on after a notice sent before its first byte: a byte
+/// order mark leading it (a client ignores one only at the very start) would
+/// now stand inside the stream, where a client reads `\u{feff}data` as an
+/// unknown field and loses the event. It goes, even split over two chunks.
+#[tokio::test]
+async fn notice_before_the_first_byte_takes_the_byte_order_mark_off_the_stream() {
+    let handle = DrainHandle::new(Config::default().end_after_notice(false));
+    let (addr, mut feeds) = fed_server(&handle, false);
+    let (res, _conn) = request(addr, "/fed", "text/event-stream").await;
+    let fed = feeds.recv().await.unwrap();
+
+    let drain = handle.drain();
+    feed(&fed, b"\xEF\xBB").await;
+    feed(&fed, b"\xBFdata: first\n\n").await;
+    feed(&fed, b"data: second\n\n").await;
+    drop(fed);
+    let raw = body_bytes(res.into_body()).await;
+    assert!(raw.starts_with(b"retry:"), "the notice first: {raw:?}");
+    let frame_end = raw.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+    assert_eq!(&raw[frame_end..], b"data: first\n\ndata: second\n\n");
+    let events = parse(raw).await;
+    assert_shutdown_event(&events[0]);
+    let data: Vec<&str> = events[1..].iter().map(|e| e.data.as_str()).collect();
+    assert_eq!(data, ["first", "second"]);
+    let report = within(drain).await;
+    assert_eq!((report.notified, report.closed), (1, 1));
+}
+
 #[tokio::test]
 async fn chunk_holding_a_boundary_is_cut_there_for_the_notice() {
     let handle = DrainHandle::new(Config::default());
