@@ -29,20 +29,27 @@
 //!   Streams, shared by every instance; unset, an in-process log;
 //! - `LIVE_HISTORY`: how much of the live log is kept for resumes, a count of
 //!   hits (default 10000) or an age (`90s`, `10m`, `2h`, `1d`);
-//! - `LIVE_BROADCAST_CAPACITY` (default 1024): how many hits a live
-//!   subscriber may fall behind before it reads from the log instead;
+//! - `LIVE_BROADCAST_CAPACITY` (default 1024, at most 1000000): how many
+//!   hits a live subscriber may fall behind before it reads from the log
+//!   instead;
 //! - `POD_NAME` (else the host name): the `pod` label of the metrics;
-//! - `RUST_LOG` (default `info`).
+//! - `RUST_LOG` (default `info`; a filter that does not parse stops the
+//!   start, as every bad value does).
 
 use analytics::{
-    live::{self, EventId, Feed, History, Hit, Item, Log, MemoryLog, RedisLog, Resume},
+    live::{
+        self, AppendError, EventId, Feed, History, Hit, Item, Log, MemoryLog, RedisLog, Resume,
+    },
     realtime,
     report::{Params, Report, ReportEvent, Row},
 };
 use axum::body::Bytes;
 use axum::{
     Json, Router,
-    extract::{Query, State},
+    extract::{
+        DefaultBodyLimit, Query, State,
+        rejection::{BytesRejection, FailedToBufferBody},
+    },
     http::{HeaderMap, StatusCode, header},
     response::{
         Html, IntoResponse, Response,
@@ -70,8 +77,18 @@ struct AppState {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let filter = match std::env::var("RUST_LOG") {
+        Err(_) => EnvFilter::new("info"),
+        Ok(v) => match EnvFilter::try_new(&v) {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("analytics: invalid RUST_LOG={v:?}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     match run().await {
@@ -83,6 +100,11 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+/// The largest `LIVE_BROADCAST_CAPACITY`: a million hits behind; the
+/// broadcast allocates its slots at start (48 bytes each, rounded up to a
+/// power of two: about 50 MB).
+const MAX_BROADCAST_CAPACITY: usize = 1_000_000;
 
 /// A reason not to start, with the exit code: 2 for bad configuration.
 struct StartError(u8, String);
@@ -111,12 +133,20 @@ async fn run() -> Result<(), StartError> {
     let log = live_log().map_err(|e| StartError(2, e))?;
     let capacity = match std::env::var("LIVE_BROADCAST_CAPACITY") {
         Err(_) => 1024,
-        Ok(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-            StartError(
-                2,
-                format!("invalid LIVE_BROADCAST_CAPACITY={v:?}: expected a whole number above 0"),
-            )
-        })?,
+        // The broadcast allocates its slots at once.
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_BROADCAST_CAPACITY).contains(n))
+            .ok_or_else(|| {
+                StartError(
+                    2,
+                    format!(
+                        "invalid LIVE_BROADCAST_CAPACITY={v:?}: \
+                         expected a whole number from 1 to {MAX_BROADCAST_CAPACITY}"
+                    ),
+                )
+            })?,
     };
     let addr = bind_addr().map_err(|e| StartError(2, e))?;
     let metrics = PrometheusBuilder::new()
@@ -180,7 +210,12 @@ fn app(state: AppState) -> Router {
         .route_layer(state.drain.layer());
     Router::new()
         .nest("/api/v1/analytics", api)
-        .route("/api/v1/analytics/collect", post(collect))
+        .route(
+            "/api/v1/analytics/collect",
+            // Read no more than a hit's size: a longer body is a 400 like any
+            // bad one, not axum's plain-text 413 after 2 MB.
+            post(collect).layer(DefaultBodyLimit::max(MAX_HIT_BYTES)),
+        )
         .route("/", get(|| async { Html(include_str!("../page.html")) }))
         .route("/healthz/live", get(|| async { "ok" }))
         .route("/healthz/ready", get(ready))
@@ -278,9 +313,12 @@ async fn stream_report(
 /// `Last-Event-ID` from the header, else from the `last_event_id` query
 /// parameter; `None` when absent or empty (a fresh start).
 fn last_event_id(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    // An empty header is no id (an `EventSource` sends none then): the
+    // query's, if any.
     headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .filter(|id| !id.is_empty())
         .or_else(|| query.get("last_event_id").cloned())
         .filter(|id| !id.is_empty())
 }
@@ -324,30 +362,41 @@ const MAX_HIT_BYTES: usize = 4096;
 /// appends the hit to the live log and answers `{"id":"<epoch>:<position>"}`
 /// once it is stored; a 400 with `{"error": ...}` for a bad body, a 503
 /// (never a 2xx) when the log is unreachable.
-async fn collect(State(state): State<AppState>, body: Bytes) -> Response {
-    if body.len() > MAX_HIT_BYTES {
-        return BadRequest(format!(
-            "the body has {} bytes, more than {MAX_HIT_BYTES}",
-            body.len()
-        ))
-        .into_response();
-    }
+async fn collect(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            return BadRequest(format!("the body has more than {MAX_HIT_BYTES} bytes"))
+                .into_response();
+        }
+        Err(e) => {
+            return BadRequest(format!("cannot read the body: {}", e.body_text())).into_response();
+        }
+    };
     let hit = match Hit::parse(&body, live::now_ms()) {
         Ok(hit) => hit,
         Err(e) => return BadRequest(e).into_response(),
     };
-    match state.feed.log().append(&hit).await {
-        Ok(id) => Json(json!({ "id": id.to_string() })).into_response(),
-        Err(e) => {
+    let error = match state.feed.log().append(&hit).await {
+        Ok(id) => return Json(json!({ "id": id.to_string() })).into_response(),
+        Err(AppendError::Unreachable(e)) => {
             tracing::warn!("collect: not stored: {e}");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "1")],
-                Json(json!({ "error": format!("not stored, the live log is unreachable: {e}") })),
-            )
-                .into_response()
+            format!("not stored, the live log is unreachable: {e}")
         }
-    }
+        Err(AppendError::Unconfirmed(e)) => {
+            tracing::warn!("collect: not confirmed: {e}");
+            format!(
+                "not confirmed, the live log did not answer in time ({e}): \
+                 the hit may be stored, and sent again it may be stored twice"
+            )
+        }
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({ "error": error })),
+    )
+        .into_response()
 }
 
 /// `GET /api/v1/analytics/live`: every hit as SSE, in log order: `event:

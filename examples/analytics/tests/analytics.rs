@@ -201,7 +201,13 @@ async fn bad_configuration_stops_the_start_with_exit_code_2() {
         ("SHUTDOWN_SSE_REJECTION", "maybe"),
         ("LIVE_HISTORY", "10x"),
         ("LIVE_HISTORY", "0"),
+        ("LIVE_HISTORY", "9223372036854775808"),
         ("LIVE_BROADCAST_CAPACITY", "0"),
+        // Would allocate 6.6 TB at start (an abort), and panic in tokio.
+        ("LIVE_BROADCAST_CAPACITY", "100000000000"),
+        ("LIVE_BROADCAST_CAPACITY", "9223372036854775808"),
+        ("SHUTDOWN_RECONNECT_RATE", "1e-9"),
+        ("RUST_LOG", "[[["),
         ("REDIS_URL", "nope"),
     ] {
         let out = Command::new(example_binary())

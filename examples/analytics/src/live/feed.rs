@@ -365,9 +365,21 @@ impl Subscription {
             position,
         };
         if read.epoch != epoch {
-            // From the new epoch's first entry, through the log.
+            // From the new epoch's first entry, through the log; or, if its
+            // start is trimmed too, live from now: one reset says both.
+            let first = self
+                .retry(|log| log.read_after(Position::ZERO, BATCH))
+                .await;
+            if first.epoch != read.epoch {
+                return None; // a newer epoch still: start over
+            }
             let after = after().to_string();
-            return Some(self.reset(Reason::Epoch, &after, read.epoch, Position::ZERO));
+            if first.trimmed {
+                return Some(self.reset(Reason::Epoch, &after, first.epoch, first.last));
+            }
+            let reset = self.reset(Reason::Epoch, &after, first.epoch, Position::ZERO);
+            self.pending.extend(first.entries);
+            return Some(reset);
         }
         if read.trimmed || position > read.last {
             let reason = if read.trimmed {
@@ -375,7 +387,8 @@ impl Subscription {
             } else {
                 Reason::Invalid
             };
-            self.catching_up = false;
+            // Still through the log: the broadcast has what follows only
+            // once the reader has started (see below).
             let after = after().to_string();
             return Some(self.reset(reason, &after, epoch, read.last));
         }
@@ -415,7 +428,9 @@ impl Subscription {
         }
     }
 
-    /// Says a gap once and goes on after `position` of `epoch`.
+    /// Says a gap once and goes on after `position` of `epoch`: for a lost
+    /// log, from its first entry ([`Position::ZERO`]) or, if that is trimmed
+    /// too, from now.
     fn reset(&mut self, reason: Reason, after: &str, epoch: Arc<str>, position: Position) -> Item {
         let id = EventId {
             epoch: epoch.clone(),
@@ -423,7 +438,12 @@ impl Subscription {
         };
         let message = match reason {
             Reason::Trimmed => "the history after this id was trimmed; live from now",
-            Reason::Epoch => "the log was lost and started again; live from its start",
+            Reason::Epoch if position == Position::ZERO => {
+                "the log was lost and started again; live from its start"
+            }
+            Reason::Epoch => {
+                "the log was lost and started again, and its start was trimmed; live from now"
+            }
             Reason::Invalid => "this id is not one of this log; live from now",
         };
         let data = serde_json::json!({
@@ -448,4 +468,99 @@ fn metrics_lagged() {
 
 fn metrics_reset(reason: Reason) {
     metrics::counter!("live_resets_total", "reason" => reason.as_str()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::{AppendError, History, Hit, memory::MemoryLog};
+    use futures_util::{StreamExt, future::BoxFuture};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The in-process log, whose `head` fails until `open`: the reader of an
+    /// instance that started while its log was unreachable, and has not read
+    /// the head yet, while a subscription's reads get through.
+    struct Gated {
+        log: MemoryLog,
+        open: AtomicBool,
+    }
+
+    impl Log for Gated {
+        fn append<'a>(&'a self, hit: &'a Hit) -> BoxFuture<'a, Result<EventId, AppendError>> {
+            self.log.append(hit)
+        }
+        fn read_after(
+            &self,
+            after: Position,
+            limit: usize,
+        ) -> BoxFuture<'_, Result<Read, LogError>> {
+            self.log.read_after(after, limit)
+        }
+        fn tail<'a>(
+            &'a self,
+            epoch: &'a str,
+            after: Position,
+            limit: usize,
+        ) -> BoxFuture<'a, Result<Read, LogError>> {
+            self.log.tail(epoch, after, limit)
+        }
+        fn head(&self) -> BoxFuture<'_, Result<Read, LogError>> {
+            if self.open.load(Ordering::SeqCst) {
+                self.log.head()
+            } else {
+                Box::pin(async { Err(LogError("not yet".into())) })
+            }
+        }
+        fn kind(&self) -> &'static str {
+            "gated"
+        }
+    }
+
+    async fn append(log: &dyn Log, n: usize) -> Vec<EventId> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let hit = Hit {
+                source: "google".into(),
+                path: format!("/{i}"),
+                ts: 0,
+            };
+            ids.push(log.append(&hit).await.unwrap());
+        }
+        ids
+    }
+
+    /// A resume after trimmed history, on an instance whose reader has not
+    /// started: one reset, then every hit after it, those appended before
+    /// the reader started included (they went missing: the subscription went
+    /// live on the broadcast, which carries only what follows the reader's
+    /// start).
+    #[tokio::test]
+    async fn a_reset_before_the_reader_starts_loses_nothing_after_it() {
+        let gated = Arc::new(Gated {
+            log: MemoryLog::new(History::Count(10)),
+            open: AtomicBool::new(false),
+        });
+        let first = append(&*gated, 20).await;
+        let feed = Feed::new(gated.clone(), 1024);
+        let mut sub = Box::pin(feed.subscribe(Resume::After(first[0].clone())));
+        match sub.next().await.unwrap() {
+            Item::Reset { reason, id, .. } => {
+                assert_eq!((reason, &id), (Reason::Trimmed, &first[19]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut expected = append(&*gated, 5).await;
+        gated.open.store(true, Ordering::SeqCst);
+        expected.extend(append(&*gated, 1).await);
+        for want in &expected {
+            let got = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("every hit after the reset comes")
+                .unwrap();
+            match got {
+                Item::Hit(hit) => assert_eq!(&hit.id, want),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //! by count or age), for one instance. Its epoch is new with every process, since a restart
 //! loses its history.
 
-use super::{Entry, EventId, History, Hit, Log, LogError, Position, Read, new_epoch, now_ms};
+use super::{
+    AppendError, Entry, EventId, History, Hit, Log, LogError, Position, Read, new_epoch, now_ms,
+};
 use futures_util::future::BoxFuture;
 use std::{
     collections::VecDeque,
@@ -64,7 +66,7 @@ impl MemoryLog {
 }
 
 impl Log for MemoryLog {
-    fn append<'a>(&'a self, hit: &'a Hit) -> BoxFuture<'a, Result<EventId, LogError>> {
+    fn append<'a>(&'a self, hit: &'a Hit) -> BoxFuture<'a, Result<EventId, AppendError>> {
         let mut state = self.state.lock().unwrap();
         let position = state.last.next();
         state.entries.push_back(Entry {
@@ -78,7 +80,8 @@ impl Log for MemoryLog {
                 state.entries.drain(..excess);
             }
             History::Age(age) => {
-                let oldest = now_ms().saturating_sub(age.as_millis() as u64);
+                let oldest =
+                    now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
                 while state.entries.front().is_some_and(|e| e.hit.ts < oldest) {
                     state.entries.pop_front();
                 }

@@ -169,6 +169,16 @@ pub struct Read {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogError(pub String);
 
+/// Why [`Log::append`] has no id to give.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendError {
+    /// The hit never reached the log: it is not stored.
+    Unreachable(LogError),
+    /// The hit was sent, but the log did not answer in time: it may be
+    /// stored (and show in the live feed), and a retry may store it twice.
+    Unconfirmed(LogError),
+}
+
 impl fmt::Display for LogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -181,7 +191,7 @@ impl fmt::Display for LogError {
 /// that a position is never taken for one of another epoch.
 pub trait Log: Send + Sync + 'static {
     /// Stores a hit; resolves only once it is stored, to its id.
-    fn append<'a>(&'a self, hit: &'a Hit) -> BoxFuture<'a, Result<EventId, LogError>>;
+    fn append<'a>(&'a self, hit: &'a Hit) -> BoxFuture<'a, Result<EventId, AppendError>>;
 
     /// The entries after `after` (at most `limit`), whether some after it
     /// were trimmed, and the last position.
@@ -238,7 +248,15 @@ impl History {
             return Err(invalid());
         }
         let seconds = match unit {
-            "" => return Ok(Self::Count(n)),
+            // Redis takes a count up to `i64::MAX`.
+            "" if i64::try_from(n).is_ok() => return Ok(Self::Count(n)),
+            "" => {
+                return Err(format!(
+                    "invalid {}={value:?}: a count of hits is at most {}",
+                    Self::ENV,
+                    i64::MAX
+                ));
+            }
             "s" => 1,
             "m" => 60,
             "h" => 3_600,
@@ -307,7 +325,20 @@ mod tests {
             History::parse("1d"),
             Ok(History::Age(Duration::from_secs(86_400)))
         );
-        for bad in ["", "0", "-1", "10x", "m", "1.5m", "10 m"] {
+        assert_eq!(
+            History::parse("9223372036854775807"),
+            Ok(History::Count(i64::MAX as u64))
+        );
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "10x",
+            "m",
+            "1.5m",
+            "10 m",
+            "9223372036854775808",
+        ] {
             let e = History::parse(bad).unwrap_err();
             assert!(e.contains(&format!("invalid LIVE_HISTORY={bad:?}")), "{e}");
         }

@@ -32,7 +32,9 @@
 //! One [`ConnectionManager`] for the commands (it reconnects by itself when
 //! Redis comes back), one for the blocking reads.
 
-use super::{Entry, EventId, History, Hit, Log, LogError, Position, Read, new_epoch, now_ms};
+use super::{
+    AppendError, Entry, EventId, History, Hit, Log, LogError, Position, Read, new_epoch, now_ms,
+};
 use futures_util::future::BoxFuture;
 use redis::{
     Client, RedisResult, Value,
@@ -180,7 +182,7 @@ impl RedisLog {
             }
             *at = Some(std::time::Instant::now());
         }
-        let oldest = now_ms().saturating_sub(age.as_millis() as u64);
+        let oldest = now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         let mut con = self.commands.clone();
         loop {
             let range: StreamRangeReply = redis::cmd("XRANGE")
@@ -218,7 +220,7 @@ impl RedisLog {
 }
 
 impl Log for RedisLog {
-    fn append<'a>(&'a self, hit: &'a Hit) -> BoxFuture<'a, Result<EventId, LogError>> {
+    fn append<'a>(&'a self, hit: &'a Hit) -> BoxFuture<'a, Result<EventId, AppendError>> {
         Box::pin(async move {
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -235,11 +237,18 @@ impl Log for RedisLog {
                 .arg("ts")
                 .arg(hit.ts);
             let mut con = self.commands.clone();
-            let (epoch, id): (String, String) =
-                pipe.query_async(&mut con).await.map_err(unreachable)?;
+            let (epoch, id): (String, String) = pipe.query_async(&mut con).await.map_err(|e| {
+                // Sent, perhaps executed, and no answer: say so.
+                if e.is_timeout() || e.is_connection_dropped() {
+                    AppendError::Unconfirmed(unreachable(e))
+                } else {
+                    AppendError::Unreachable(unreachable(e))
+                }
+            })?;
             Ok(EventId {
                 epoch: epoch.into(),
-                position: position(&id)?,
+                // Stored, under an id that makes no sense.
+                position: position(&id).map_err(AppendError::Unconfirmed)?,
             })
         })
     }
