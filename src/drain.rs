@@ -49,9 +49,12 @@ impl Drain {
     /// carry a response are closed by [`GracefulIo`](crate::GracefulIo), the
     /// axum listener and the hyper-util watcher.
     ///
-    /// With any other server, bound each connection by it, for example with
-    /// `tokio::time::timeout_at(deadline, connection)`: a client that stops
-    /// reading then cannot keep the process alive.
+    /// With any other server, drop each connection still open at this
+    /// instant: a client that stops reading then cannot keep the process
+    /// alive. A connection accepted before the drain learns the instant
+    /// only once the drain has started, for example by awaiting
+    /// [`DrainHandle::drained`](crate::DrainHandle::drained) (the report comes
+    /// before the deadline) before `tokio::time::sleep_until(deadline)`.
     #[must_use]
     pub fn deadline(&self) -> Option<Instant> {
         self.report.shared.deadline()

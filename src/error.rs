@@ -6,8 +6,10 @@ use std::{error::Error, fmt};
 /// own error, or [`DrainDeadline`].
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
-/// A response that was not an event stream was still running when the grace
-/// period ran out, and was cut there.
+/// The drain cut this: a response that was not an event stream, still
+/// running when the grace period ran out; or, as the source of
+/// [`GracefulIo`](crate::GracefulIo)'s `TimedOut` error, a connection still
+/// open at the drain's [deadline](crate::Drain::deadline).
 ///
 /// [`GracefulBody`](crate::GracefulBody) yields it instead of a normal end, so
 /// that the server aborts the response (on HTTP/1.1 the connection closes
@@ -20,7 +22,7 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 ///
 /// let err: BoxError = DrainDeadline::default().into();
 /// assert!(err.downcast_ref::<DrainDeadline>().is_some());
-/// assert_eq!(err.to_string(), "response cut at the end of the drain's grace period");
+/// assert_eq!(err.to_string(), "cut by the drain: still open when its time ran out");
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -34,7 +36,7 @@ impl DrainDeadline {
 
 impl fmt::Display for DrainDeadline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("response cut at the end of the drain's grace period")
+        f.write_str("cut by the drain: still open when its time ran out")
     }
 }
 

@@ -94,7 +94,9 @@ impl DrainHandle {
     ///
     /// The first call panics if it is made outside a Tokio runtime, as
     /// [`tokio::spawn`] does, before anything has started: a later call from
-    /// inside a runtime then starts the drain.
+    /// inside a runtime then starts the drain. The drain runs on that
+    /// runtime: it must run until the drain's deadline (see the crate docs'
+    /// caveats).
     pub fn drain(&self) -> Drain {
         self.shared.start();
         Drain::new(self.shared.clone())

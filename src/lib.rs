@@ -50,10 +50,13 @@
 //!   connection, each with its own copies of the layered routes' services;
 //! - hyper-util: spawn [`DrainHandle::watch`]`(connection)` instead of the
 //!   connection (cargo feature `hyper-util`); it also shuts the connection
-//!   down gracefully when the drain starts;
-//! - any other server: wrap each connection's IO in [`GracefulIo`], or bound
-//!   each connection with `tokio::time::timeout_at(deadline, conn)`, where
-//!   `deadline` is [`Drain::deadline`].
+//!   down gracefully when the drain starts (one accepted during the drain
+//!   answers first: see [`Watched`]);
+//! - any other server: wrap each connection's IO in [`GracefulIo`], or drop
+//!   each connection still open at [`Drain::deadline`]: the deadline is
+//!   known once the drain has started, so race each connection against
+//!   [`DrainHandle::drained`] (the report comes before the deadline), then a
+//!   sleep until the deadline.
 //!
 //! Connections wrapped after the drain's report (an accept loop goes on until
 //! the server stops) are cut at the deadline too, and one wrapped after the
@@ -108,8 +111,12 @@
 //!   cut with [`DrainDeadline`]: the layer cannot tell a body that would end
 //!   at once from one that would run on, and a grace period is the bound on
 //!   both.
-//! - [`DrainHandle::drain`] spawns the drain task: call it inside a Tokio
-//!   runtime.
+//! - [`DrainHandle::drain`] spawns the drain task on the runtime it is
+//!   called on: the task ends the grace period and, after the report, cuts
+//!   the connections at the deadline. Call it on the runtime that serves, or
+//!   on one that runs at least until the deadline: a runtime dropped earlier
+//!   (one made to `block_on` the drain in a signal thread) takes the task
+//!   with it, and nothing cuts a client that stopped reading.
 //!
 //! # Example
 //!
