@@ -405,33 +405,115 @@ async fn run<P: Proxy>(o: Options, files: u64) -> Result<bool, String> {
         Some(page) => Some(page.result(&browser_reference.rows).await),
         None => None,
     };
-    // The last streams end here, so the proxy has logged them all.
-    for instance in live {
-        instance.terminate(Instant::now() + termination_grace).await;
-    }
+    // The last streams end here, so the proxy has logged them all; and a
+    // last check as they go.
+    let all_draining = all_draining(&target, live, &o, termination_grace).await;
     let requests = proxy.requests();
     proxy.stop().await;
     if let Some(redis) = redis.as_mut() {
         redis.stop().await;
     }
 
-    let ok = print_results(
-        &o,
-        P::NAME,
-        &steps,
-        &outcomes,
-        feed.as_ref(),
-        page.as_ref(),
-        &requests,
-        run_start,
-        deploy_time,
-    );
+    for error in &all_draining {
+        println!("  all draining: {error}");
+    }
+    let ok = all_draining.is_empty()
+        & print_results(
+            &o,
+            P::NAME,
+            &steps,
+            &outcomes,
+            feed.as_ref(),
+            page.as_ref(),
+            &requests,
+            run_start,
+            deploy_time,
+        );
     if ok && !o.keep {
         let _ = std::fs::remove_dir_all(&dir);
     } else {
         println!("logs kept in {}", dir.display());
     }
     Ok(ok)
+}
+
+/// The end of the run: every instance SIGTERMed at once while the proxy
+/// still routes to them (a restart of every pod, a node drained), each
+/// drain held open by a download. Through the proxy, three times over, a
+/// download must get the drain's own 503 and a hit must be stored, never an
+/// error of the proxy's: nginx counted a retried 503 as a failure, took
+/// every instance out of rotation for its `fail_timeout` (10 s) and
+/// answered its own 502 to everything, POSTs included. The errors, if any.
+async fn all_draining(
+    target: &Target,
+    live: Vec<Instance>,
+    o: &Options,
+    termination_grace: Duration,
+) -> Vec<String> {
+    let addrs: Vec<SocketAddr> = live.iter().map(|i| i.addr).collect();
+    let mut downloads = Vec::new();
+    for addr in &addrs {
+        downloads.push(start_download(*addr, o).await);
+    }
+    let kill_at = Instant::now() + termination_grace;
+    let exits: Vec<_> = live
+        .into_iter()
+        .map(|i| tokio::spawn(i.terminate(kill_at)))
+        .collect();
+    let mut errors = Vec::new();
+    if o.download.is_zero() {
+        // Nothing holds the drains open: no check.
+        for exit in exits {
+            let _ = exit.await;
+        }
+        return errors;
+    }
+    // Each says it drains on its readiness probe.
+    for addr in &addrs {
+        let instance = Target::plain(*addr);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ready = http::get(&instance, "/healthz/ready", Duration::from_secs(2)).await;
+            if let Ok((503, _)) = ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                errors.push(format!("{addr} never said it drains"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let timeout = Duration::from_secs(5);
+    for round in 1..=3 {
+        let path = "/api/v1/analytics/export?report=all-draining&days=1";
+        match http::get(target, path, timeout).await {
+            Ok((503, _)) => {}
+            other => errors.push(format!(
+                "round {round}: a download got {other:?}, not the drain's 503"
+            )),
+        }
+        let hit = r#"{"source":"deploy","path":"/all-draining"}"#.to_string();
+        let collect = "/api/v1/analytics/collect";
+        match http::send(target, "POST", collect, Some(hit), timeout, None).await {
+            Ok((200, _)) => {}
+            other => errors.push(format!("round {round}: a hit got {other:?}, not stored")),
+        }
+    }
+    for download in downloads {
+        if let Ok(Err(e)) = download.await {
+            errors.push(format!("a download held by a drain: {e}"));
+        }
+    }
+    for exit in exits {
+        let _ = exit.await;
+    }
+    if errors.is_empty() {
+        println!(
+            "  all draining: every instance drained at once, still in rotation; through the proxy 3 of 3 downloads got the drain's 503 and 3 of 3 hits were stored"
+        );
+    }
+    errors
 }
 
 /// A CSV download from `addr` that is still running `--download` seconds

@@ -161,7 +161,7 @@ impl Nginx {
         let servers: String = self
             .upstreams
             .iter()
-            .map(|a| format!("server {a};\n"))
+            .map(|a| format!("server {a} max_fails=0;\n"))
             .collect();
         std::fs::write(self.dir.join("upstream.conf"), servers).map_err(|e| e.to_string())
     }
