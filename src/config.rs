@@ -204,7 +204,8 @@ impl Config {
     /// The delay clients are asked to wait before they reconnect (default
     /// 30 s): the frame's `retry:` field, its `reconnect_delay` and the
     /// rejection's `Retry-After`; each stream's own delay is drawn from
-    /// `reconnect_delay ..= reconnect_delay + reconnect_jitter`.
+    /// `reconnect_delay ..= reconnect_delay + reconnect_jitter`. Rounded up
+    /// to whole milliseconds, the unit of `retry:`.
     pub fn reconnect_delay(mut self, reconnect_delay: Duration) -> Self {
         self.reconnect_delay = reconnect_delay;
         self
@@ -243,7 +244,9 @@ impl Config {
 
     /// Spreads the reconnects over a window sized to the load instead of the
     /// fixed [jitter](Self::reconnect_jitter): at most `per_second` streams
-    /// of this instance are asked to come back in any second (default: not
+    /// of this instance are asked to come back in any aligned second of the
+    /// window, and at most `per_second` rounded up, plus one, in any
+    /// one-second span (which may catch the ends of two slots) (default: not
     /// set, the jitter applies).
     ///
     /// When the drain starts with `open` SSE streams, the window
@@ -258,10 +261,13 @@ impl Config {
     /// used. 1,000 streams at 500 per second come back within 2 s of the
     /// delay, 10,000 within 20 s: the same peak at the successors, and no
     /// client of a lightly loaded instance waits for a spread sized for the
-    /// heaviest one. Streams whose handler resolves after the drain started,
-    /// and requests rejected during the drain, draw from the same window; in
-    /// a rolling update (the instance leaves the load balancer before
-    /// `SIGTERM`) they are few.
+    /// heaviest one. Streams whose handler resolves after the drain started
+    /// draw from the same window; in a rolling update (the instance leaves
+    /// the load balancer before `SIGTERM`) they are few. Requests rejected
+    /// during the drain take the slots after the window's, one each (the
+    /// `k`th rejection slot `open + k`), so the rate holds for them too, even
+    /// with no stream open: their `Retry-After` runs past the window as they
+    /// come.
     ///
     /// Set, it replaces the jitter; clear it with
     /// [`reconnect_jitter`](Self::reconnect_jitter)'s fixed spread by not

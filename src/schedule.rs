@@ -37,6 +37,9 @@ pub(crate) struct Plan {
     /// more than `rate`; zero with the jitter, where delays are drawn
     /// independently.
     slots: usize,
+    /// With a reconnect rate, one slot, `1 / rate`, in milliseconds; zero
+    /// without one.
+    slot_ms: f64,
     frame: NoticeFrame,
     /// Each priority's band of the window: start and width.
     bands: [(Duration, Duration); 3],
@@ -58,12 +61,17 @@ impl Plan {
             } else {
                 0
             },
+            slot_ms: config.reconnect_rate.map_or(0.0, |rate| 1000.0 / rate),
             started,
             seed: config.seed.unwrap_or_else(random_seed),
-            base: config.reconnect_delay,
+            base: whole_millis_up(config.reconnect_delay),
             jitter_ms: u64::try_from(spread(config, open_streams).as_millis())
                 .unwrap_or(u64::MAX - 1),
-            frame: NoticeFrame::new(config.message.as_deref(), config.reconnect_delay, now),
+            frame: NoticeFrame::new(
+                config.message.as_deref(),
+                whole_millis_up(config.reconnect_delay),
+                now,
+            ),
             bands: bands(config.notice_window, open),
         }
     }
@@ -78,12 +86,20 @@ impl Plan {
     /// `base ..= base + window`: uniform with the jitter; with a rate, at a
     /// uniform moment within the `index`th slot of `1 / rate` (counting again
     /// from the first past the last slot), so that the delays fill the window
-    /// evenly and no second of it gets more than `rate` of one sequence.
+    /// evenly and no second of it gets more than `rate` of one sequence. With
+    /// a rate, rejection `index` takes slot `open + index`, past the window:
+    /// the rate holds for the rejections too, however few streams are open.
     pub(crate) fn delay(&self, draw: Draw, index: usize) -> Duration {
+        let random = self.hash(draw, index);
+        if let (Draw::Rejection, true) = (draw, self.slot_ms > 0.0) {
+            let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+            let at = ((self.slots as f64 + index as f64) + fraction) * self.slot_ms;
+            // `as` saturates: a slot too far is `u64::MAX` milliseconds.
+            return self.base.saturating_add(Duration::from_millis(at as u64));
+        }
         if self.jitter_ms == 0 {
             return self.base;
         }
-        let random = self.hash(draw, index);
         let extra = if self.slots == 0 {
             below(random, self.jitter_ms + 1)
         } else {
@@ -98,10 +114,11 @@ impl Plan {
     /// The shutdown frame of draw `index`: the one shared frame without
     /// jitter, else the frame rendered with its own delay.
     pub(crate) fn frame(&self, draw: Draw, index: usize) -> Bytes {
-        if self.jitter_ms == 0 {
+        let delay = self.delay(draw, index);
+        if delay == self.base {
             return self.frame.base().clone();
         }
-        self.frame.render(self.delay(draw, index))
+        self.frame.render(delay)
     }
 
     /// The `Retry-After` of rejection `index`, in whole seconds rounded up.
@@ -125,6 +142,12 @@ impl Plan {
     fn hash(&self, draw: Draw, index: usize) -> u64 {
         splitmix64(self.seed ^ splitmix64((draw as u64) << 56 ^ index as u64))
     }
+}
+
+/// `d` rounded up to whole milliseconds, the unit of `retry:`, so that it and
+/// the JSON and the message agree (a `d` too long for that stays as it is).
+fn whole_millis_up(d: Duration) -> Duration {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).map_or(d, Duration::from_millis)
 }
 
 /// The spread of the reconnect delays: `open / rate` with a rate (rounded up

@@ -269,8 +269,9 @@ async fn a_reconnect_rate_sizes_the_spread_to_the_open_streams() {
         per_second[((*d - lo).as_secs() as usize).min(3)] += 1;
     }
     assert_eq!(per_second, [20, 20, 20, 0], "{delays:?}");
+    // Rejections take the slots after the window's: the next 3 s.
     assert!(
-        retry_after.iter().all(|s| (1..=4).contains(s)),
+        retry_after.iter().all(|s| (4..=7).contains(s)),
         "{retry_after:?}"
     );
 
@@ -292,6 +293,56 @@ async fn a_reconnect_rate_sizes_the_spread_to_the_open_streams() {
     let config = Config::default().reconnect_jitter(Duration::from_secs(7));
     let (_, _, report) = drain_idle(config, 2).await;
     assert_eq!(report.reconnect_window, Duration::from_secs(7));
+}
+
+/// With a rate, requests rejected during the drain take slots of their own,
+/// after the streams': 300 EventSource requests rejected by an instance
+/// with no stream open (the notice-only 200) come back at most `rate` + 1 in
+/// any second, as their `retry:` fields say. They all got the bare delay:
+/// 300 in one second.
+#[tokio::test]
+async fn a_reconnect_rate_holds_for_rejections_with_no_stream_open() {
+    let config = Config::default()
+        .reconnect_delay(Duration::from_secs(1))
+        .reconnect_rate(100.0)
+        .seed(5);
+    let handle = DrainHandle::new(config);
+    let addr = serve(app(&handle));
+    let report = within(handle.drain()).await;
+    assert_eq!(
+        (report.sse_streams, report.reconnect_window),
+        (0, Duration::ZERO)
+    );
+    let mut delays = Vec::new();
+    for _ in 0..300 {
+        let mut events = sse(addr, "/idle").await;
+        let notice = next(&mut events).await;
+        assert_eq!(notice.event, "shutdown");
+        delays.push(notice.retry.expect("retry:"));
+    }
+    delays.sort();
+    let busiest = (0..delays.len())
+        .map(|i| delays[i..].partition_point(|&d| d < delays[i] + Duration::from_secs(1)))
+        .max()
+        .unwrap();
+    assert!(busiest <= 101, "{busiest} in one second: {delays:?}");
+    let (lo, hi) = (Duration::from_secs(1), Duration::from_secs(4));
+    assert!(delays.iter().all(|d| (lo..=hi).contains(d)), "{delays:?}");
+}
+
+/// A reconnect delay finer than a millisecond is rounded up to whole
+/// milliseconds, the unit of `retry:`, so that the frame's `retry:`, its
+/// JSON `reconnect_delay` and its message agree (`retry:` said 2500 against
+/// 2.5007 s).
+#[tokio::test]
+async fn a_delay_finer_than_a_millisecond_agrees_everywhere() {
+    let config = Config::default()
+        .reconnect_delay(Duration::from_micros(2_500_700))
+        .reconnect_jitter(Duration::ZERO);
+    // `Seen::delay` checks that `retry:`, the JSON and the message agree.
+    let (delays, retry_after, _) = drain_idle(config, 1).await;
+    assert_eq!(delays, [Duration::from_millis(2501)]);
+    assert_eq!(retry_after, [3]);
 }
 
 /// Opens `per` idle and `per` busy streams of each priority, drains with a
