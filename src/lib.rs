@@ -70,7 +70,9 @@
 //! With the `metrics` cargo feature the crate records three metrics through
 //! the [`metrics`](https://docs.rs/metrics) facade, so any exporter installed
 //! by the application (Prometheus, StatsD, ...) sees them. Their names are a
-//! contract, and they carry no label: the handles of one process add up.
+//! contract, and they carry no label: the handles of one process add up in
+//! the active gauge and the counter, and share the duration gauge, which
+//! shows the drain that wrote it last.
 //!
 //! - `sse_active_connections` (gauge): open `text/event-stream` responses the
 //!   notice can enter, as [`DrainHandle::sse_streams`] counts them; a
