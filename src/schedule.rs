@@ -90,22 +90,21 @@ impl Plan {
     /// a rate, rejection `index` takes slot `open + index`, past the window:
     /// the rate holds for the rejections too, however few streams are open.
     pub(crate) fn delay(&self, draw: Draw, index: usize) -> Duration {
-        let random = self.hash(draw, index);
         if let (Draw::Rejection, true) = (draw, self.slot_ms > 0.0) {
-            let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
-            let at = ((self.slots as f64 + index as f64) + fraction) * self.slot_ms;
+            let at = (self.slots as f64 + index as f64 + fraction(self.hash(draw, index)))
+                * self.slot_ms;
             // `as` saturates: a slot too far is `u64::MAX` milliseconds.
             return self.base.saturating_add(Duration::from_millis(at as u64));
         }
         if self.jitter_ms == 0 {
             return self.base;
         }
+        let random = self.hash(draw, index);
         let extra = if self.slots == 0 {
             below(random, self.jitter_ms + 1)
         } else {
             let width = self.jitter_ms as f64 / self.slots as f64;
-            let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
-            let at = ((index % self.slots) as f64 + fraction) * width;
+            let at = ((index % self.slots) as f64 + fraction(random)) * width;
             (at as u64).min(self.jitter_ms)
         };
         self.base.saturating_add(Duration::from_millis(extra))
@@ -134,14 +133,18 @@ impl Plan {
         if start.is_zero() && width.is_zero() {
             return None;
         }
-        // 53 random bits: a fraction in [0, 1).
-        let fraction = (self.hash(Draw::Slot, index) >> 11) as f64 / (1u64 << 53) as f64;
+        let fraction = fraction(self.hash(Draw::Slot, index));
         Some(start.saturating_add(part(width, fraction)))
     }
 
     fn hash(&self, draw: Draw, index: usize) -> u64 {
         splitmix64(self.seed ^ splitmix64((draw as u64) << 56 ^ index as u64))
     }
+}
+
+/// 53 of `random`'s bits as a fraction in `[0, 1)`.
+fn fraction(random: u64) -> f64 {
+    (random >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// `d` rounded up to whole milliseconds, the unit of `retry:`, so that it and

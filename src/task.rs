@@ -11,10 +11,11 @@ use crate::{
     state::AtStart,
 };
 use std::{
+    pin::Pin,
     sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime},
 };
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 impl Shared {
     /// Starts the drain, once: marks it started, wakes every body and
@@ -81,22 +82,18 @@ impl Shared {
         let mut ticks =
             tokio::time::interval_at(started + Duration::from_millis(500), Duration::from_secs(1));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let open = || self.state.count();
         let force_closed = loop {
-            let closed = self.all_closed.notified();
-            if open() == 0 {
-                break 0;
-            }
             tokio::select! {
                 biased;
-                () = closed => {}
-                () = &mut deadline => break self.force_close(),
+                ended = self.all_ended(deadline.as_mut()) => {
+                    break if ended { 0 } else { self.force_close() };
+                }
                 _ = ticks.tick() => {
                     let elapsed = started.elapsed().as_secs_f64();
                     metrics::drain_duration(elapsed);
                     tracing::info!(
                         "Waiting for {} connections to close ({elapsed:.1}s elapsed)",
-                        open(),
+                        self.state.count(),
                     );
                 }
             }
@@ -111,17 +108,7 @@ impl Shared {
             // and is cut at that deadline below.
             let cut = tokio::time::sleep_until(self.deadline().expect("the plan is set"));
             tokio::pin!(cut);
-            loop {
-                let closed = self.all_closed.notified();
-                if open() == 0 {
-                    break;
-                }
-                tokio::select! {
-                    biased;
-                    () = closed => {}
-                    () = &mut cut => break,
-                }
-            }
+            self.all_ended(cut).await;
         }
         // The notices first, then the late streams: a stream is marked before
         // its notice goes out, so every notice counted here has its stream
@@ -176,6 +163,23 @@ impl Shared {
             shared.state.cut();
             shared.wakers.wake_all();
             tracing::debug!("drain deadline: closing the connections that are still open");
+        }
+    }
+
+    /// Waits until every counted response has ended (`true`), or `until`
+    /// fires first (`false`).
+    async fn all_ended(&self, mut until: Pin<&mut Sleep>) -> bool {
+        loop {
+            // Made before the count is read, so that no last end is missed.
+            let closed = self.all_closed.notified();
+            if self.state.count() == 0 {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                () = closed => {}
+                () = until.as_mut() => return false,
+            }
         }
     }
 

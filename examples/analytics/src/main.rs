@@ -386,7 +386,7 @@ async fn collect(State(state): State<AppState>, body: Result<Bytes, BytesRejecti
         Err(AppendError::Unconfirmed(e)) => {
             tracing::warn!("collect: not confirmed: {e}");
             format!(
-                "not confirmed, the live log did not answer in time ({e}): \
+                "not confirmed by the live log ({e}): \
                  the hit may be stored, and sent again it may be stored twice"
             )
         }
